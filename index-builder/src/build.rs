@@ -1,0 +1,333 @@
+//! `index-builder build`: the whole nightly pipeline, step by step, into a new bundle version that
+//! becomes current only when every step has succeeded.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use funnel::bundle::files::sha256_file;
+use funnel::bundle::publish::new_version_name;
+use funnel::bundle::{BundleWriter, Column, InputEntry, Table};
+use funnel::features::FeatureRegistry;
+use funnel::ranking::{load_ranker, Ranker};
+use serde_json::json;
+
+use crate::config::BuildConfig;
+use crate::dataset::{Dataset, Event};
+use crate::eval::{evaluate, EvalReport};
+use crate::progress::Progress;
+use crate::split::{split, Holdout};
+use crate::stage::Stage;
+use crate::train::{train_all, TrainConfig, TrainReport};
+use crate::{batch, examples, ingest, online_features};
+
+/// Evaluation users are capped so a 100K-user holdout stays inside the nightly time budget.
+const EVAL_MAX_USERS: usize = 5_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Ingest(#[from] ingest::IngestError),
+    #[error(transparent)]
+    Bundle(#[from] funnel::bundle::BundleError),
+    #[error(transparent)]
+    Features(#[from] funnel::features::FeatureError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("ranker training: {0}")]
+    Train(String),
+    #[error("redis push to {url}: {message}")]
+    Redis { url: String, message: String },
+}
+
+pub struct BuildArgs {
+    pub interactions: PathBuf,
+    pub items: Option<PathBuf>,
+    pub out: PathBuf,
+    pub holdout: Option<Holdout>,
+    pub redis: Option<String>,
+    pub config: BuildConfig,
+    pub registry: FeatureRegistry,
+    pub quiet: bool,
+    pub seed: u64,
+}
+
+pub struct BuildOutcome {
+    pub version: String,
+    pub dir: PathBuf,
+    pub eval: Option<EvalReport>,
+    pub timings: Vec<(String, f64)>,
+    pub total_seconds: f64,
+    pub counts: BTreeMap<String, u64>,
+}
+
+fn input_entries(role: &str, path: &Path) -> Result<Vec<InputEntry>, BuildError> {
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| funnel::bundle::BundleError::io(path, e))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
+        v.sort();
+        v
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files
+        .into_iter()
+        .map(|f| {
+            let (sha256, size) = sha256_file(&f)?;
+            Ok(InputEntry {
+                role: role.to_string(),
+                path: f.display().to_string(),
+                sha256,
+                size,
+            })
+        })
+        .collect()
+}
+
+/// Splits training events into the early part (models for ranker examples) and the label window.
+fn label_split(train: &[Event], fraction: f64) -> (Vec<Event>, Vec<Event>, i64) {
+    let k = ((train.len() as f64) * (1.0 - fraction)).floor() as usize;
+    let cut = train.get(k.min(train.len().saturating_sub(1))).map(|e| e.ts).unwrap_or(0);
+    let early: Vec<Event> = train.iter().copied().filter(|e| e.ts < cut).collect();
+    let labels: Vec<Event> = train.iter().copied().filter(|e| e.ts >= cut).collect();
+    (early, labels, cut)
+}
+
+pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
+    let started = Instant::now();
+    let cfg = &args.config;
+    cfg.validate().map_err(BuildError::Invalid)?;
+    let progress = Progress::new(args.quiet);
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+
+    // 0. Inputs.
+    let step = progress.spinner("read inputs");
+    let raw = ingest::read_interactions(&args.interactions)?;
+    let items = match &args.items {
+        Some(p) => Some(ingest::read_items(p)?),
+        None => None,
+    };
+    let mut inputs = input_entries("interactions", &args.interactions)?;
+    if let Some(p) = &args.items {
+        inputs.extend(input_entries("items", p)?);
+    }
+    step.finish();
+    let step = progress.spinner("index dataset");
+    let ds = Dataset::build(raw, items);
+    step.finish();
+    if ds.events.is_empty() {
+        return Err(BuildError::Invalid(format!(
+            "{}: no usable interactions (all had zero weight)",
+            args.interactions.display()
+        )));
+    }
+    counts.insert("users".into(), ds.n_users() as u64);
+    counts.insert("items".into(), ds.n_items() as u64);
+    counts.insert("interactions".into(), ds.events.len() as u64);
+    counts.insert("categories".into(), ds.catalog.categories.len() as u64);
+    counts.insert("dropped_zero_weight".into(), ds.dropped_zero_weight as u64);
+    counts.insert("items_without_metadata".into(), ds.items_without_metadata as u64);
+
+    // 1. Holdout.
+    let (train, test, cutoff) = match args.holdout {
+        Some(h) => {
+            let s = split(&ds.events, h, ds.n_users());
+            (s.train, s.test, s.cutoff)
+        }
+        None => (ds.events.clone(), Vec::new(), ds.max_ts() + 1),
+    };
+    if train.is_empty() {
+        return Err(BuildError::Invalid("the holdout leaves no training interactions".into()));
+    }
+    counts.insert("train_interactions".into(), train.len() as u64);
+    counts.insert("test_interactions".into(), test.len() as u64);
+
+    let version = new_version_name();
+    let writer = BundleWriter::create(&args.out, &version)?;
+
+    // 2–8 (early stage): models as of the label cutoff, for ranker training examples.
+    let (early_events, label_events, label_cut) = label_split(&train, cfg.rankers.label_fraction);
+    let early = Stage::build(&ds, &early_events, label_cut, cfg, "early stage", &progress)
+        .map_err(BuildError::Invalid)?;
+    let step = progress.spinner("ranker examples (retrieval negatives)");
+    let ex = examples::build(&ds, &early, &label_events, cfg, args.seed);
+    step.finish();
+    drop(early);
+    counts.insert("ranker_train_examples".into(), ex.train.y.len() as u64);
+    counts.insert("ranker_valid_examples".into(), ex.valid.y.len() as u64);
+    if ex.train.y.is_empty() || ex.valid.y.is_empty() {
+        return Err(BuildError::Train(format!(
+            "no training examples: {} users had labels, {} of them a positive among their candidates",
+            ex.users_with_labels, ex.users_with_positive_candidates
+        )));
+    }
+    let step = progress.spinner("train rankers (candle)");
+    let tcfg = TrainConfig {
+        epochs: cfg.rankers.epochs,
+        batch_size: cfg.rankers.batch_size,
+        lr: cfg.rankers.learning_rate,
+        seed: args.seed,
+    };
+    let report: TrainReport =
+        train_all(&ex.train, &ex.valid, &tcfg, writer.dir()).map_err(|e| BuildError::Train(e.to_string()))?;
+    step.finish();
+    drop(ex);
+
+    // 2–7 (serving stage): the models the server loads.
+    let stage = Stage::build(&ds, &train, cutoff, cfg, "serving stage", &progress).map_err(BuildError::Invalid)?;
+
+    let step = progress.spinner("write artifacts");
+    write_artifacts(&writer, &ds, &stage)?;
+    step.finish();
+
+    let rankers: Vec<(String, Box<dyn Ranker>)> = report
+        .specs
+        .iter()
+        .map(|s| load_ranker(s, writer.dir()).map(|r| (s.id.clone(), r)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| BuildError::Train(format!("reloading a trained ranker: {e}")))?;
+    let best = report
+        .specs
+        .iter()
+        .enumerate()
+        .max_by(|a, b| {
+            let q = |s: &funnel::ranking::RankerSpec| s.metrics.valid_ndcg_at_20.unwrap_or(0.0);
+            q(a.1).total_cmp(&q(b.1))
+        })
+        .map(|(i, _)| i);
+
+    // 9. Batch recommendations.
+    let users = batch::active_users(&stage, cfg);
+    let step = progress.bar("batch recommendations", users.len() as u64);
+    let best_ranker = best.and_then(|i| rankers.get(i)).map(|(_, r)| r.as_ref());
+    let recs = batch::build(&ds, &stage, best_ranker, users, cfg, |n| step.inc(n));
+    step.finish();
+    write_batch(&writer, &ds, &recs)?;
+    counts.insert("batch_users".into(), recs.users.len() as u64);
+
+    // 10–11. Online features and their statistics.
+    let step = progress.spinner("online features + statistics");
+    let table = online_features::build(&args.registry, &ds, &stage, &recs)?;
+    table.write_embedded(writer.path("features/online.arrow")?)?;
+    let stats = table.stats();
+    std::fs::write(
+        writer.path("feature_stats.json")?,
+        serde_json::to_vec_pretty(&stats).map_err(|e| BuildError::Invalid(e.to_string()))?,
+    )
+    .map_err(|e| funnel::bundle::BundleError::io(writer.dir().join("feature_stats.json"), e))?;
+    step.finish();
+
+    // 12. Offline evaluation.
+    let eval = if let Some(h) = args.holdout {
+        let step = progress.spinner("offline evaluation");
+        let rep = evaluate(&ds, &stage, &rankers, &test, cfg, &h.to_string(), EVAL_MAX_USERS);
+        std::fs::write(
+            writer.path("eval.json")?,
+            serde_json::to_vec_pretty(&rep).map_err(|e| BuildError::Invalid(e.to_string()))?,
+        )
+        .map_err(|e| funnel::bundle::BundleError::io(writer.dir().join("eval.json"), e))?;
+        step.finish();
+        Some(rep)
+    } else {
+        None
+    };
+
+    // Online features go to Redis before the bundle becomes current: keys carry the new version,
+    // so a server still on the old bundle never reads them, and a failed push publishes nothing.
+    if let Some(url) = &args.redis {
+        let step = progress.spinner("push online features to Redis");
+        let stats = crate::online::push_to_redis_blocking(url, &args.registry, &table, &version)
+            .map_err(|e| BuildError::Redis {
+                url: url.clone(),
+                message: e.to_string(),
+            })?;
+        step.finish();
+        counts.insert("redis_keys".into(), stats.keys as u64);
+    }
+
+    let mut info: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    info.insert("counts".into(), json!(counts));
+    info.insert("cutoff".into(), json!(cutoff));
+    info.insert("holdout".into(), json!(args.holdout.map(|h| h.to_string())));
+    info.insert("config".into(), serde_json::to_value(cfg).unwrap_or_default());
+    info.insert(
+        "rankers".into(),
+        json!(report.specs.iter().map(|s| json!({"id": s.id, "arch": s.arch, "metrics": s.metrics})).collect::<Vec<_>>()),
+    );
+    info.insert("ranker_correlation".into(), json!(report.correlation));
+    if let Some(rep) = &eval {
+        info.insert("eval".into(), serde_json::to_value(rep).unwrap_or_default());
+    }
+    let timings = progress.timings();
+    info.insert("timings_s".into(), json!(timings));
+    let step = progress.spinner("publish bundle");
+    let (dir, _manifest) = writer.publish(
+        inputs,
+        args.registry.hash().to_string(),
+        info,
+        cfg.publish.keep_versions,
+    )?;
+    step.finish();
+    Ok(BuildOutcome {
+        version,
+        dir,
+        eval,
+        timings: progress.timings(),
+        total_seconds: started.elapsed().as_secs_f64(),
+        counts,
+    })
+}
+
+fn write_artifacts(w: &BundleWriter, ds: &Dataset, stage: &Stage) -> Result<(), BuildError> {
+    ds.catalog.save(&w.path("catalog.arrow")?)?;
+    let hist_len: Vec<u32> = (0..ds.n_users() as u32).map(|u| stage.hist.len(u) as u32).collect();
+    Table::new()
+        .with("user_id", Column::U64(ds.user_ids.clone()))
+        .with("history_len", Column::U32(hist_len))
+        .write(&w.path("users.arrow")?)?;
+    let d = stage.emb.dim;
+    Table::new()
+        .with("vector", Column::F32Vec { dim: d, values: stage.emb.users.clone() })
+        .meta("dim", d)
+        .write(&w.path("embeddings/users.arrow")?)?;
+    Table::new()
+        .with("vector", Column::F32Vec { dim: d, values: stage.emb.items.clone() })
+        .meta("dim", d)
+        .write(&w.path("embeddings/items.arrow")?)?;
+    stage.ann_graph.save(&w.dir().join("ann"))?;
+    stage.cf.neighbors().save(&w.path("cf/neighbors.arrow")?)?;
+    stage.content.index().save(&w.path("content/category_items.arrow")?)?;
+    Table::new()
+        .with("prior", Column::F32(stage.prior.clone()))
+        .write(&w.path("content/category_prior.arrow")?)?;
+    stage.trend.list().save(&w.path("trending.arrow")?)?;
+    Table::new()
+        .with("popularity", Column::F32(stage.trending.popularity.clone()))
+        .with("trending", Column::F32(stage.trending.score.clone()))
+        .meta("cutoff", stage.cutoff)
+        .write(&w.path("popularity.arrow")?)?;
+    Ok(())
+}
+
+fn write_batch(w: &BundleWriter, ds: &Dataset, recs: &batch::BatchRecs) -> Result<(), BuildError> {
+    let (mut users, mut ranks, mut items, mut scores) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (&u, list) in recs.users.iter().zip(&recs.lists) {
+        for (rank, &(i, s)) in list.iter().enumerate() {
+            users.push(ds.user_ids[u as usize]);
+            ranks.push(rank as u32);
+            items.push(ds.catalog.items[i as usize].id);
+            scores.push(s);
+        }
+    }
+    Table::new()
+        .with("user_id", Column::U64(users))
+        .with("rank", Column::U32(ranks))
+        .with("item_id", Column::U64(items))
+        .with("score", Column::F32(scores))
+        .write(&w.path("batch_recs.arrow")?)?;
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! The build's typed configuration (TOML, every field defaulted), validated at load.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use funnel::merge::MergeConfig;
+use funnel::sources::ann::hnsw::HnswParams;
+use funnel::sources::SourceQuotas;
+
+use crate::cf::CfConfig;
+use crate::content::ContentConfig;
+use crate::embed::AlsConfig;
+use crate::trending::TrendingConfig;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildConfig {
+    #[serde(default)]
+    pub als: AlsConfig,
+    #[serde(default)]
+    pub hnsw: HnswParams,
+    #[serde(default)]
+    pub cf: CfConfig,
+    #[serde(default)]
+    pub content: ContentConfig,
+    #[serde(default)]
+    pub trending: TrendingConfig,
+    #[serde(default)]
+    pub quotas: SourceQuotas,
+    #[serde(default)]
+    pub merge: MergeConfig,
+    #[serde(default)]
+    pub rankers: RankerBuildConfig,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    #[serde(default)]
+    pub publish: PublishConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RankerBuildConfig {
+    /// Share of the training period (its end) whose interactions label ranker examples.
+    #[serde(default = "d_label")]
+    pub label_fraction: f64,
+    /// At most this many users contribute examples (sampled deterministically).
+    #[serde(default = "d_users")]
+    pub max_users: usize,
+    /// Negatives per user, drawn from the user's retrieval candidates.
+    #[serde(default = "d_neg")]
+    pub negatives_per_user: usize,
+    /// Share of example users held out for validation metrics.
+    #[serde(default = "d_valid")]
+    pub validation_fraction: f64,
+    #[serde(default = "d_epochs")]
+    pub epochs: usize,
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
+    #[serde(default = "d_lr")]
+    pub learning_rate: f64,
+}
+const fn d_label() -> f64 {
+    0.15
+}
+const fn d_users() -> usize {
+    20_000
+}
+const fn d_neg() -> usize {
+    60
+}
+const fn d_valid() -> f64 {
+    0.2
+}
+const fn d_epochs() -> usize {
+    6
+}
+const fn d_batch() -> usize {
+    512
+}
+const fn d_lr() -> f64 {
+    2e-3
+}
+impl Default for RankerBuildConfig {
+    fn default() -> Self {
+        Self {
+            label_fraction: d_label(),
+            max_users: d_users(),
+            negatives_per_user: d_neg(),
+            validation_fraction: d_valid(),
+            epochs: d_epochs(),
+            batch_size: d_batch(),
+            learning_rate: d_lr(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Recommendations precomputed per active user (the server's fallback list).
+    #[serde(default = "d_k")]
+    pub k: usize,
+    /// Users with an interaction in this many days before the cutoff are active.
+    #[serde(default = "d_active")]
+    pub active_days: i64,
+}
+const fn d_k() -> usize {
+    50
+}
+const fn d_active() -> i64 {
+    30
+}
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            k: d_k(),
+            active_days: d_active(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    /// Published versions kept in the bundle root.
+    #[serde(default = "d_keep")]
+    pub keep_versions: usize,
+}
+const fn d_keep() -> usize {
+    3
+}
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self {
+            keep_versions: d_keep(),
+        }
+    }
+}
+
+impl BuildConfig {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let cfg: BuildConfig = toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+                .map(|l| format!(":{l}"))
+                .unwrap_or_default();
+            format!("{}{line}: {}", path.display(), e.message())
+        })?;
+        cfg.validate().map_err(|m| format!("{}: {m}", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let checks: [(bool, &str); 10] = [
+            (self.als.dim > 0 && self.als.dim <= 1024, "als.dim must be in 1..=1024"),
+            (self.als.iterations > 0, "als.iterations must be > 0"),
+            (self.als.regularization >= 0.0 && self.als.alpha > 0.0, "als.regularization must be >= 0 and als.alpha > 0"),
+            (self.hnsw.m >= 2 && self.hnsw.ef_construction >= self.hnsw.m && self.hnsw.ef_search > 0, "hnsw: m >= 2, ef_construction >= m, ef_search > 0"),
+            (self.cf.neighbors > 0, "cf.neighbors must be > 0"),
+            (self.merge.max_candidates > 0 && self.merge.multi_source_bonus >= 1.0, "merge.max_candidates > 0 and merge.multi_source_bonus >= 1"),
+            (self.rankers.label_fraction > 0.0 && self.rankers.label_fraction < 0.5, "rankers.label_fraction must be in (0, 0.5)"),
+            (self.rankers.validation_fraction > 0.0 && self.rankers.validation_fraction < 0.9, "rankers.validation_fraction must be in (0, 0.9)"),
+            (self.rankers.epochs > 0 && self.rankers.batch_size > 0 && self.rankers.learning_rate > 0.0, "rankers: epochs, batch_size and learning_rate must be > 0"),
+            (self.batch.k > 0 && self.publish.keep_versions > 0, "batch.k and publish.keep_versions must be > 0"),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, msg)) => Err(msg.to_string()),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! User and item embeddings from implicit feedback: weighted ALS (Hu, Koren & Volinsky 2008) with
+//! confidence `1 + alpha·weight`, each half-step solved by a few conjugate-gradient iterations
+//! warm-started from the previous solution (Takács et al.), which keeps a step O(nnz·d + users·d²)
+//! instead of a d×d solve per user — the difference between seconds and many minutes at 5M
+//! interactions on two cores.
+
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::Event;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlsConfig {
+    #[serde(default = "d_dim")]
+    pub dim: usize,
+    #[serde(default = "d_iters")]
+    pub iterations: usize,
+    #[serde(default = "d_reg")]
+    pub regularization: f32,
+    #[serde(default = "d_alpha")]
+    pub alpha: f32,
+    #[serde(default = "d_cg")]
+    pub cg_steps: usize,
+    #[serde(default)]
+    pub seed: u64,
+}
+const fn d_dim() -> usize {
+    64
+}
+const fn d_iters() -> usize {
+    12
+}
+const fn d_reg() -> f32 {
+    0.05
+}
+const fn d_alpha() -> f32 {
+    10.0
+}
+const fn d_cg() -> usize {
+    3
+}
+impl Default for AlsConfig {
+    fn default() -> Self {
+        Self {
+            dim: d_dim(),
+            iterations: d_iters(),
+            regularization: d_reg(),
+            alpha: d_alpha(),
+            cg_steps: d_cg(),
+            seed: 0,
+        }
+    }
+}
+
+pub struct Embeddings {
+    pub dim: usize,
+    /// n_users × dim, row-major.
+    pub users: Vec<f32>,
+    /// n_items × dim, row-major.
+    pub items: Vec<f32>,
+}
+
+impl Embeddings {
+    pub fn user(&self, u: u32) -> &[f32] {
+        &self.users[u as usize * self.dim..(u as usize + 1) * self.dim]
+    }
+    pub fn item(&self, i: u32) -> &[f32] {
+        &self.items[i as usize * self.dim..(i as usize + 1) * self.dim]
+    }
+}
+
+/// Sparse rows: for each row, (column, confidence weight) pairs.
+struct Csr {
+    offsets: Vec<usize>,
+    cols: Vec<u32>,
+    vals: Vec<f32>,
+}
+
+impl Csr {
+    fn build(n_rows: usize, pairs: impl Iterator<Item = (u32, u32, f32)> + Clone) -> Self {
+        let mut counts = vec![0usize; n_rows + 1];
+        for (r, _, _) in pairs.clone() {
+            counts[r as usize + 1] += 1;
+        }
+        for i in 0..n_rows {
+            counts[i + 1] += counts[i];
+        }
+        let offsets = counts.clone();
+        let mut pos = counts;
+        let nnz = offsets[n_rows];
+        let (mut cols, mut vals) = (vec![0u32; nnz], vec![0f32; nnz]);
+        for (r, c, v) in pairs {
+            let p = pos[r as usize];
+            cols[p] = c;
+            vals[p] = v;
+            pos[r as usize] += 1;
+        }
+        Csr {
+            offsets,
+            cols,
+            vals,
+        }
+    }
+}
+
+/// Aggregates repeated (user, item) events into one confidence weight each.
+fn aggregate(events: &[Event]) -> Vec<(u32, u32, f32)> {
+    let mut pairs: Vec<(u32, u32, f32)> = events.iter().map(|e| (e.user, e.item, e.weight)).collect();
+    pairs.par_sort_unstable_by_key(|p| (p.0, p.1));
+    let mut out: Vec<(u32, u32, f32)> = Vec::with_capacity(pairs.len());
+    for p in pairs {
+        match out.last_mut() {
+            Some(last) if last.0 == p.0 && last.1 == p.1 => last.2 += p.2,
+            _ => out.push(p),
+        }
+    }
+    out
+}
+
+/// Trains embeddings; `progress` is called after each iteration with (iteration, total).
+pub fn train_als(
+    n_users: usize,
+    n_items: usize,
+    events: &[Event],
+    cfg: &AlsConfig,
+    mut progress: impl FnMut(usize, usize),
+) -> Embeddings {
+    let d = cfg.dim.max(1);
+    let pairs = aggregate(events);
+    let by_user = Csr::build(n_users, pairs.iter().map(|&(u, i, w)| (u, i, w)));
+    let by_item = Csr::build(n_items, pairs.iter().map(|&(u, i, w)| (i, u, w)));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0xA15);
+    let scale = 0.1 / (d as f32).sqrt();
+    let mut users: Vec<f32> = (0..n_users * d).map(|_| rng.gen_range(-scale..scale)).collect();
+    let mut items: Vec<f32> = (0..n_items * d).map(|_| rng.gen_range(-scale..scale)).collect();
+    for it in 0..cfg.iterations {
+        solve_side(&mut users, &items, &by_user, d, cfg);
+        solve_side(&mut items, &users, &by_item, d, cfg);
+        progress(it + 1, cfg.iterations);
+    }
+    Embeddings {
+        dim: d,
+        users,
+        items,
+    }
+}
+
+/// Updates every row of `x` given fixed factors `y` (one ALS half-step).
+fn solve_side(x: &mut [f32], y: &[f32], r: &Csr, d: usize, cfg: &AlsConfig) {
+    // Gram matrix YᵀY + λI, shared by all rows.
+    let n_y = y.len() / d;
+    let mut gram = (0..n_y)
+        .into_par_iter()
+        .fold(
+            || vec![0f64; d * d],
+            |mut g, j| {
+                let v = &y[j * d..(j + 1) * d];
+                for a in 0..d {
+                    let va = v[a] as f64;
+                    for b in a..d {
+                        g[a * d + b] += va * v[b] as f64;
+                    }
+                }
+                g
+            },
+        )
+        .reduce(|| vec![0f64; d * d], |mut a, b| {
+            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+            a
+        });
+    for a in 0..d {
+        for b in 0..a {
+            gram[a * d + b] = gram[b * d + a];
+        }
+    }
+    let gram: Vec<f32> = gram.into_iter().map(|v| v as f32).collect();
+    let reg = cfg.regularization;
+    x.par_chunks_mut(d).enumerate().for_each(|(row, xu)| {
+        let (a, b) = (r.offsets[row], r.offsets[row + 1]);
+        if a == b {
+            // No interactions: the least-squares solution with only preferences p=0 is 0.
+            xu.iter_mut().for_each(|v| *v = 0.0);
+            return;
+        }
+        let cols = &r.cols[a..b];
+        let conf: Vec<f32> = r.vals[a..b].iter().map(|w| cfg.alpha * w).collect(); // c − 1
+        // A·v = gram·v + λv + Σ (c−1)(y·v) y
+        let apply = |v: &[f32], out: &mut [f32]| {
+            for (i, o) in out.iter_mut().enumerate() {
+                let g = &gram[i * d..(i + 1) * d];
+                *o = g.iter().zip(v).map(|(p, q)| p * q).sum::<f32>() + reg * v[i];
+            }
+            for (&c, &cm1) in cols.iter().zip(&conf) {
+                let yv = &y[c as usize * d..(c as usize + 1) * d];
+                let s = cm1 * yv.iter().zip(v).map(|(p, q)| p * q).sum::<f32>();
+                out.iter_mut().zip(yv).for_each(|(o, yy)| *o += s * yy);
+            }
+        };
+        // b = Σ c·y (preference 1 for every interacted column)
+        let mut rhs = vec![0f32; d];
+        for (&c, &cm1) in cols.iter().zip(&conf) {
+            let yv = &y[c as usize * d..(c as usize + 1) * d];
+            rhs.iter_mut().zip(yv).for_each(|(o, yy)| *o += (1.0 + cm1) * yy);
+        }
+        // Conjugate gradient from the current xu.
+        let mut ax = vec![0f32; d];
+        apply(xu, &mut ax);
+        let mut res: Vec<f32> = rhs.iter().zip(&ax).map(|(b, a)| b - a).collect();
+        let mut p = res.clone();
+        let mut rs_old: f32 = res.iter().map(|v| v * v).sum();
+        let mut ap = vec![0f32; d];
+        for _ in 0..cfg.cg_steps {
+            if rs_old < 1e-10 {
+                break;
+            }
+            apply(&p, &mut ap);
+            let pap: f32 = p.iter().zip(&ap).map(|(a, b)| a * b).sum();
+            if pap <= 0.0 || !pap.is_finite() {
+                break;
+            }
+            let alpha = rs_old / pap;
+            xu.iter_mut().zip(&p).for_each(|(x, pp)| *x += alpha * pp);
+            res.iter_mut().zip(&ap).for_each(|(r, a)| *r -= alpha * a);
+            let rs_new: f32 = res.iter().map(|v| v * v).sum();
+            let beta = rs_new / rs_old;
+            p.iter_mut().zip(&res).for_each(|(pp, r)| *pp = r + beta * *pp);
+            rs_old = rs_new;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learns_block_structure() {
+        // Two user groups, each consuming its own half of the items.
+        let mut ev = Vec::new();
+        for u in 0..40u32 {
+            for i in 0..10u32 {
+                let item = if u < 20 { i } else { 10 + i };
+                if (u + i) % 3 != 0 {
+                    ev.push(Event { user: u, item, ts: 0, weight: 1.0 });
+                }
+            }
+        }
+        let cfg = AlsConfig { dim: 8, iterations: 10, ..Default::default() };
+        let e = train_als(40, 20, &ev, &cfg, |_, _| {});
+        let score = |u: u32, i: u32| -> f32 { e.user(u).iter().zip(e.item(i)).map(|(a, b)| a * b).sum() };
+        // A held-out in-group item beats every out-of-group item.
+        let (u, held) = (0u32, 0u32); // (0+0)%3==0 → held out
+        for other in 10..20 {
+            assert!(score(u, held) > score(u, other), "item {other}");
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Ranker training examples: candidates retrieved for a user by the early stage (built before the
+//! label window) and labelled by what the user did inside the window. Negatives are drawn from the
+//! user's own retrieval candidates, so rankers learn to order exactly what retrieval proposes.
+
+use std::collections::HashSet;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rayon::prelude::*;
+
+use funnel::ranking::input::INPUT_DIM;
+use funnel::UserIdx;
+
+use crate::config::BuildConfig;
+use crate::dataset::{Dataset, Event};
+use crate::stage::Stage;
+use crate::train::ExampleSet;
+
+/// History-length segment of a user, as the ensemble selector sees it.
+pub fn segment(history_len: usize) -> u8 {
+    match history_len {
+        0 => 0,
+        1..=10 => 1,
+        _ => 2,
+    }
+}
+
+pub struct Examples {
+    pub train: ExampleSet,
+    pub valid: ExampleSet,
+    pub users_with_labels: usize,
+    pub users_with_positive_candidates: usize,
+}
+
+fn empty() -> ExampleSet {
+    ExampleSet {
+        x: Vec::new(),
+        y: Vec::new(),
+        group: Vec::new(),
+        segment: Vec::new(),
+    }
+}
+
+fn hash(u: u32, seed: u64) -> u64 {
+    // SplitMix64: a cheap, well-mixed deterministic order over users.
+    let mut z = (u as u64) ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+pub fn build(ds: &Dataset, early: &Stage, labels: &[Event], cfg: &BuildConfig, seed: u64) -> Examples {
+    let mut positives: Vec<Vec<u32>> = vec![Vec::new(); ds.n_users()];
+    for e in labels {
+        positives[e.user as usize].push(e.item);
+    }
+    let mut users: Vec<UserIdx> = (0..ds.n_users() as u32)
+        .filter(|&u| !positives[u as usize].is_empty())
+        .collect();
+    let users_with_labels = users.len();
+    users.sort_by_key(|&u| hash(u, seed));
+    users.truncate(cfg.rankers.max_users);
+    let n_valid = ((users.len() as f64) * cfg.rankers.validation_fraction).ceil() as usize;
+    let per_user: Vec<(bool, ExampleSet)> = users
+        .par_iter()
+        .enumerate()
+        .map(|(k, &u)| {
+            let is_valid = k < n_valid;
+            let pos: HashSet<u32> = positives[u as usize].iter().copied().collect();
+            let r = early.retrieve(ds, u, cfg);
+            let mut cands = r.merged;
+            if !cands.iter().any(|c| pos.contains(&c.item)) {
+                return (is_valid, empty());
+            }
+            if !is_valid {
+                // Train: every positive candidate plus a sample of negative ones.
+                let (p, mut n): (Vec<_>, Vec<_>) = cands.into_iter().partition(|c| pos.contains(&c.item));
+                let mut rng = rand::rngs::StdRng::seed_from_u64(hash(u, seed ^ 0x5eed));
+                n.shuffle(&mut rng);
+                n.truncate(cfg.rankers.negatives_per_user);
+                cands = p;
+                cands.extend(n);
+            }
+            let mut set = empty();
+            early.encode(ds, u, &cands, &mut set.x);
+            let seg = segment(early.hist.len(u));
+            for c in &cands {
+                set.y.push(if pos.contains(&c.item) { 1.0 } else { 0.0 });
+                set.group.push(u);
+                set.segment.push(seg);
+            }
+            (is_valid, set)
+        })
+        .collect();
+    let mut train = empty();
+    let mut valid = empty();
+    let mut with_pos = 0;
+    for (is_valid, s) in per_user {
+        if s.y.is_empty() {
+            continue;
+        }
+        with_pos += 1;
+        let dst = if is_valid { &mut valid } else { &mut train };
+        dst.x.extend(s.x);
+        dst.y.extend(s.y);
+        dst.group.extend(s.group);
+        dst.segment.extend(s.segment);
+    }
+    debug_assert_eq!(train.x.len(), train.y.len() * INPUT_DIM);
+    Examples {
+        train,
+        valid,
+        users_with_labels,
+        users_with_positive_candidates: with_pos,
+    }
+}

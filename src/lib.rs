@@ -1,0 +1,18 @@
+//! Funnel: a multi-stage recommendation serving engine.
+//!
+//! The module tree mirrors the funnel, and data flows one way through it:
+//! request → [`features`] ∥ [`sources`] → [`merge`] → [`ranking`] → re-rank → response.
+//! [`bundle`] owns the versioned artifact bundle that the nightly `index-builder` publishes and
+//! the server loads; [`catalog`] owns item metadata shared by every stage.
+
+pub mod bundle;
+pub mod catalog;
+pub mod features;
+pub mod merge;
+pub mod ranking;
+pub mod sources;
+
+/// Dense index of an item inside one bundle (position in the catalog). Stable only within a bundle version.
+pub type ItemIdx = u32;
+/// Dense index of a user inside one bundle. Stable only within a bundle version.
+pub type UserIdx = u32;
