@@ -171,6 +171,7 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
         batch_size: cfg.rankers.batch_size,
         lr: cfg.rankers.learning_rate,
         seed: args.seed,
+        ..TrainConfig::default()
     };
     let report: TrainReport =
         train_all(&ex.train, &ex.valid, &tcfg, writer.dir()).map_err(|e| BuildError::Train(e.to_string()))?;
@@ -245,8 +246,21 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
                 url: url.clone(),
                 message: e.to_string(),
             })?;
+        // Read a sample back through the server's own path: a key, codec or version mix-up
+        // fails the build instead of being served as defaults.
+        let report = crate::online::verify_redis_blocking(url, &args.registry, &table, &version, 1000)
+            .map_err(|e| BuildError::Redis {
+                url: url.clone(),
+                message: e.to_string(),
+            })?;
+        if !report.is_ok() {
+            return Err(BuildError::Redis {
+                url: url.clone(),
+                message: format!("read-back after push disagrees: {report:?}"),
+            });
+        }
         step.finish();
-        counts.insert("redis_keys".into(), stats.keys as u64);
+        counts.insert("redis_keys".into(), stats.keys);
     }
 
     let mut info: BTreeMap<String, serde_json::Value> = BTreeMap::new();

@@ -61,7 +61,7 @@ pub struct RankerBuildConfig {
     pub learning_rate: f64,
 }
 const fn d_label() -> f64 {
-    0.15
+    0.25
 }
 const fn d_users() -> usize {
     20_000
@@ -73,7 +73,7 @@ const fn d_valid() -> f64 {
     0.2
 }
 const fn d_epochs() -> usize {
-    6
+    40
 }
 const fn d_batch() -> usize {
     512
@@ -170,5 +170,27 @@ impl BuildConfig {
             Some((_, msg)) => Err(msg.to_string()),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_parses_and_matches_defaults() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/builder.toml");
+        let c = BuildConfig::load(&p).unwrap();
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            serde_json::to_value(BuildConfig::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn invalid_values_are_rejected_with_the_field_named() {
+        let mut c = BuildConfig::default();
+        c.als.dim = 0;
+        assert!(c.validate().unwrap_err().contains("als.dim"));
     }
 }

@@ -33,7 +33,7 @@ const fn d_iters() -> usize {
     12
 }
 const fn d_reg() -> f32 {
-    0.05
+    0.5
 }
 const fn d_alpha() -> f32 {
     10.0

@@ -14,16 +14,7 @@ use funnel::UserIdx;
 use crate::config::BuildConfig;
 use crate::dataset::{Dataset, Event};
 use crate::stage::Stage;
-use crate::train::ExampleSet;
-
-/// History-length segment of a user, as the ensemble selector sees it.
-pub fn segment(history_len: usize) -> u8 {
-    match history_len {
-        0 => 0,
-        1..=10 => 1,
-        _ => 2,
-    }
-}
+use crate::train::{segment_for_history, ExampleSet};
 
 pub struct Examples {
     pub train: ExampleSet,
@@ -83,7 +74,7 @@ pub fn build(ds: &Dataset, early: &Stage, labels: &[Event], cfg: &BuildConfig, s
             }
             let mut set = empty();
             early.encode(ds, u, &cands, &mut set.x);
-            let seg = segment(early.hist.len(u));
+            let seg = segment_for_history(early.hist.len(u) as u32);
             for c in &cands {
                 set.y.push(if pos.contains(&c.item) { 1.0 } else { 0.0 });
                 set.group.push(u);

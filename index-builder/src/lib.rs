@@ -4,14 +4,14 @@
 //! stage → examples → train → batch → online_features → eval → publish (build.rs).
 
 pub mod batch;
-// pub mod build; (wired when train lands)
+pub mod build;
 pub mod cf;
 pub mod config;
 pub mod content;
 pub mod dataset;
 pub mod embed;
 pub mod eval;
-// pub mod examples;
+pub mod examples;
 pub mod ingest;
 pub mod online;
 pub mod online_features;

@@ -135,9 +135,10 @@ async fn verify(
                 if !diffs.is_empty() {
                     report.mismatched += 1;
                     if report.examples.len() < MAX_EXAMPLES {
-                        report
-                            .examples
-                            .push(format!("{entity} {id}: {}", truncate(&diffs.join("; "), 300)));
+                        report.examples.push(format!(
+                            "{entity} {id}: {}",
+                            truncate(&diffs.join("; "), 300)
+                        ));
                     }
                 }
             }

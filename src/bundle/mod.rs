@@ -7,6 +7,7 @@
 //! server sees.
 
 pub mod files;
+pub mod load;
 pub mod manifest;
 pub mod publish;
 pub mod table;
@@ -14,6 +15,7 @@ pub mod verify;
 
 use std::path::{Path, PathBuf};
 
+pub use load::Bundle;
 pub use manifest::{FileEntry, InputEntry, Manifest};
 pub use publish::BundleWriter;
 pub use table::{Column, Table};

@@ -346,7 +346,7 @@ fn fixed_width<T>(
     width: usize,
     f: impl Fn(&[u8]) -> T,
 ) -> Result<Vec<T>, CodecError> {
-    if bytes.len() % width != 0 {
+    if !bytes.len().is_multiple_of(width) {
         return Err(CodecError::Width {
             dtype,
             len: bytes.len(),
@@ -445,7 +445,10 @@ mod tests {
         assert_eq!(encode(&FeatureValue::Bool(true)), b"1");
         assert_eq!(encode(&FeatureValue::I64(-42)), b"-42");
         assert_eq!(encode(&FeatureValue::F32(0.1)), b"0.1");
-        assert_eq!(encode(&FeatureValue::Timestamp(1_700_000_000)), b"1700000000");
+        assert_eq!(
+            encode(&FeatureValue::Timestamp(1_700_000_000)),
+            b"1700000000"
+        );
     }
 
     #[test]

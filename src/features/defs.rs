@@ -373,7 +373,8 @@ impl FeatureRegistry {
         row: Option<&'a FeatureRow>,
         name: &str,
     ) -> Option<&'a FeatureValue> {
-        row.and_then(|r| r.get(name)).or_else(|| self.default_of(name))
+        row.and_then(|r| r.get(name))
+            .or_else(|| self.default_of(name))
     }
 
     /// Number of features of `entity`.
@@ -387,8 +388,8 @@ impl FeatureRegistry {
     }
 
     /// Position of def `index` within its entity.
-    pub(crate) fn slot(&self, index: usize) -> usize {
-        self.slots[index]
+    pub(crate) fn slot(&self, index: usize) -> Option<usize> {
+        self.slots.get(index).copied()
     }
 
     /// The interned name of def `index`.
@@ -719,7 +720,8 @@ fn default_from_toml(dtype: &Dtype, v: &toml::Value) -> Result<FeatureValue, Str
 
 /// Integer seconds, or a number with one unit suffix: s, m, h, d, w.
 fn parse_ttl(v: &toml::Value) -> Result<u64, String> {
-    const HELP: &str = "expected integer seconds or a duration like \"90s\", \"30m\", \"36h\", \"7d\", \"2w\"";
+    const HELP: &str =
+        "expected integer seconds or a duration like \"90s\", \"30m\", \"36h\", \"7d\", \"2w\"";
     let secs = match v {
         toml::Value::Integer(i) => u64::try_from(*i).ok(),
         toml::Value::String(s) => {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, BinaryArray, BinaryBuilder, DictionaryArray, StringArray, UInt16Array,
-    UInt64Array, UInt64Builder, UInt16Builder,
+    UInt16Builder, UInt64Array, UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, UInt16Type};
 use arrow::ipc::reader::FileReader;
@@ -99,7 +99,10 @@ pub(crate) fn write(table: &FeatureTable, path: &Path) -> Result<usize, FeatureE
     // Dictionary = every def name, key = def index (so the file can hold any feature).
     let names: Vec<&str> = registry.defs().iter().map(|d| d.name.as_str()).collect();
     if names.len() > usize::from(u16::MAX) {
-        return Err(err(format!("{} features exceed the u16 dictionary", names.len())));
+        return Err(err(format!(
+            "{} features exceed the u16 dictionary",
+            names.len()
+        )));
     }
     let dict: ArrayRef = Arc::new(StringArray::from(names));
     let schema = Arc::new(schema(registry.hash()));
@@ -162,7 +165,10 @@ pub struct EmbeddedStore {
 
 impl EmbeddedStore {
     /// Loads `path`, refusing a file written under defs whose hash differs from `registry`.
-    pub fn load(path: impl AsRef<Path>, registry: &FeatureRegistry) -> Result<EmbeddedStore, FeatureError> {
+    pub fn load(
+        path: impl AsRef<Path>,
+        registry: &FeatureRegistry,
+    ) -> Result<EmbeddedStore, FeatureError> {
         let path = path.as_ref();
         let err = |message: String| FeatureError::Embedded {
             path: path.to_path_buf(),
@@ -211,7 +217,12 @@ impl EmbeddedStore {
             .ok_or("column feature: dictionary values are not utf8")?;
         // Map dictionary positions to def indices once per batch.
         let def_of: Vec<Option<usize>> = (0..names.len())
-            .map(|i| names.is_valid(i).then(|| registry.index_of(names.value(i))).flatten())
+            .map(|i| {
+                names
+                    .is_valid(i)
+                    .then(|| registry.index_of(names.value(i)))
+                    .flatten()
+            })
             .collect();
         let keys: &UInt16Array = features.keys();
         for row in 0..batch.num_rows() {

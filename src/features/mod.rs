@@ -90,10 +90,7 @@ pub enum FeatureError {
         got: String,
     },
     #[error("feature {feature:?}: {source}")]
-    Codec {
-        feature: String,
-        source: CodecError,
-    },
+    Codec { feature: String, source: CodecError },
     #[error("feature definitions differ: expected hash {expected}, found {found}")]
     DefsMismatch { expected: String, found: String },
     #[error("embedded feature file {path}: {message}")]

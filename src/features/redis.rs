@@ -193,7 +193,11 @@ fn add_hash_write(
     hset.arg(&key);
     let mut fields = 0u64;
     for &index in &group.features {
-        let Some(value) = row.get(registry.slot(index)).and_then(Option::as_ref) else {
+        let Some(value) = registry
+            .slot(index)
+            .and_then(|slot| row.get(slot))
+            .and_then(Option::as_ref)
+        else {
             continue;
         };
         let bytes = codec::encode(value);
@@ -345,7 +349,9 @@ impl RedisFeatureStore {
         match reply {
             Value::Nil => Ok(None),
             other => match value_bytes(other) {
-                Some(b) => String::from_utf8(b).map(Some).map_err(|_| reply_err(context, "not UTF-8")),
+                Some(b) => String::from_utf8(b)
+                    .map(Some)
+                    .map_err(|_| reply_err(context, "not UTF-8")),
                 None => Err(reply_err(context, "not a string")),
             },
         }
@@ -391,7 +397,11 @@ impl RedisFeatureStore {
         if replies.len() != ids.len() * groups.len() {
             return Err(reply_err(
                 context,
-                &format!("{} replies for {} commands", replies.len(), ids.len() * groups.len()),
+                &format!(
+                    "{} replies for {} commands",
+                    replies.len(),
+                    ids.len() * groups.len()
+                ),
             ));
         }
         let mut replies = replies.into_iter();
@@ -483,14 +493,20 @@ fn value_bytes(v: Value) -> Option<Vec<u8>> {
     }
 }
 
+/// One hash field and its value, as raw bytes.
+type FieldBytes = (Vec<u8>, Vec<u8>);
+
 /// Field/value pairs of an HGETALL reply (RESP2 flat array or RESP3 map; nil = no hash).
-fn hash_pairs(reply: Value) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+fn hash_pairs(reply: Value) -> Result<Vec<FieldBytes>, String> {
     let pairs: Vec<(Value, Value)> = match reply {
         Value::Nil => return Ok(Vec::new()),
         Value::Map(pairs) => pairs,
         Value::Array(items) => {
             if items.len() % 2 != 0 {
-                return Err(format!("hash reply with an odd number ({}) of items", items.len()));
+                return Err(format!(
+                    "hash reply with an odd number ({}) of items",
+                    items.len()
+                ));
             }
             let mut it = items.into_iter();
             let mut pairs = Vec::new();

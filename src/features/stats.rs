@@ -78,7 +78,13 @@ pub(crate) fn compute(table: &FeatureTable) -> Vec<FeatureStats> {
             if def.kind != FeatureKind::Batch {
                 continue;
             }
-            out.push(acc.finish(def.name.clone(), entity, def.dtype.to_string(), measure(&def.dtype), entities));
+            out.push(acc.finish(
+                def.name.clone(),
+                entity,
+                def.dtype.to_string(),
+                measure(&def.dtype),
+                entities,
+            ));
         }
     }
     out
@@ -122,9 +128,9 @@ struct Acc {
 impl Acc {
     fn new(name: &str) -> Acc {
         // Seeded by name so the same table always yields the same stats file.
-        let seed = name
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let seed = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
         Acc {
             present: 0,
             count: 0,
@@ -239,7 +245,13 @@ mod tests {
             acc.push(i as f64);
         }
         acc.push(f64::NAN);
-        let s = acc.finish("x".into(), Entity::Item, "f32".into(), StatMeasure::Value, 1);
+        let s = acc.finish(
+            "x".into(),
+            Entity::Item,
+            "f32".into(),
+            StatMeasure::Value,
+            1,
+        );
         assert_eq!(s.count, n);
         assert_eq!(s.non_finite, 1);
         assert!((s.mean.unwrap() - (n - 1) as f64 / 2.0).abs() < 1e-6);

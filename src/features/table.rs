@@ -46,15 +46,14 @@ impl FeatureTable {
             .ok_or_else(|| FeatureError::UnknownFeature(feature.to_owned()))?;
         let def = &self.registry.defs()[index];
         check_insert(def, entity, &value)?;
-        let slot = self.registry.slot(index);
+        let unknown = || FeatureError::UnknownFeature(feature.to_owned());
+        let slot = self.registry.slot(index).ok_or_else(unknown)?;
         let width = self.registry.entity_len(entity);
         let row = self.rows[entity.index()]
             .entry(id)
             .or_insert_with(|| vec![None; width]);
         // `slot < width` by construction of the registry; `get_mut` keeps this panic-free anyway.
-        let cell = row
-            .get_mut(slot)
-            .ok_or_else(|| FeatureError::UnknownFeature(feature.to_owned()))?;
+        let cell = row.get_mut(slot).ok_or_else(unknown)?;
         let previous = cell.replace(value);
         if previous.is_none() {
             self.values += 1;
@@ -63,17 +62,17 @@ impl FeatureTable {
     }
 
     pub fn get(&self, entity: Entity, id: u64, feature: &str) -> Option<&FeatureValue> {
-        let index = self.registry.index_of(feature)?;
-        if self.registry.defs()[index].entity != entity {
-            return None;
-        }
-        self.get_by_index(entity, id, index)
+        self.get_by_index(entity, id, self.registry.index_of(feature)?)
     }
 
-    /// Value of def `index` (see [`FeatureRegistry::index_of`]).
+    /// Value of def `index` (see [`FeatureRegistry::index_of`]); `None` if that def is not a
+    /// feature of `entity`.
     pub fn get_by_index(&self, entity: Entity, id: u64, index: usize) -> Option<&FeatureValue> {
+        if self.registry.defs().get(index)?.entity != entity {
+            return None;
+        }
         let row = self.rows[entity.index()].get(&id)?;
-        row.get(self.registry.slot(index))?.as_ref()
+        row.get(self.registry.slot(index)?)?.as_ref()
     }
 
     /// The features stored for one entity, in definition order.
@@ -140,7 +139,11 @@ impl FeatureTable {
     }
 }
 
-fn check_insert(def: &FeatureDef, entity: Entity, value: &FeatureValue) -> Result<(), FeatureError> {
+fn check_insert(
+    def: &FeatureDef,
+    entity: Entity,
+    value: &FeatureValue,
+) -> Result<(), FeatureError> {
     if def.kind != FeatureKind::Batch {
         return Err(FeatureError::NotBatch(def.name.clone()));
     }

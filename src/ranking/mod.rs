@@ -11,7 +11,7 @@ pub mod models;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -151,6 +151,9 @@ pub struct RankerSpec {
     /// Cross layers (DCN only).
     #[serde(default)]
     pub cross_layers: usize,
+    /// Rank of the cross layers' weights (DCN only; 0 = full rank).
+    #[serde(default)]
+    pub cross_rank: usize,
     /// Per-column standardisation learned on the training set and applied inside the ranker, so
     /// serving scales features exactly as training did.
     pub feature_mean: Vec<f32>,
@@ -167,6 +170,7 @@ impl RankerSpec {
             input_dim: self.input_dim,
             hidden: self.hidden.clone(),
             cross_layers: self.cross_layers,
+            cross_rank: self.cross_rank,
         }
     }
 
@@ -413,6 +417,7 @@ mod tests {
             input_layout_version: INPUT_LAYOUT_VERSION,
             hidden: cfg.hidden,
             cross_layers: cfg.cross_layers,
+            cross_rank: cfg.cross_rank,
             feature_mean: vec![0.5; INPUT_DIM],
             feature_std: vec![2.0; INPUT_DIM],
             weights_file: weights_file.to_string(),
@@ -477,6 +482,13 @@ mod tests {
         }
     }
 
+    fn load_err(spec: &RankerSpec, dir: &Path) -> RankError {
+        match load_ranker(spec, dir) {
+            Ok(_) => panic!("loading {} should fail", spec.weights_file),
+            Err(e) => e,
+        }
+    }
+
     #[test]
     fn load_rejects_missing_corrupt_and_misshapen_weights() {
         let dir = tempfile::tempdir().unwrap();
@@ -489,7 +501,7 @@ mod tests {
         std::fs::create_dir_all(dir.path().join(RANKERS_DIR)).unwrap();
         std::fs::write(dir.path().join("rankers/garbage.safetensors"), b"\x08\0\0\0\0\0\0\0{bad").unwrap();
         let s = spec(Arch::Mlp, "rankers/garbage.safetensors");
-        let err = load_ranker(&s, dir.path()).unwrap_err();
+        let err = load_err(&s, dir.path());
         assert!(matches!(err, RankError::Weights { .. }), "{err}");
 
         // Truncated copy of a valid file.
@@ -505,7 +517,7 @@ mod tests {
         // Valid file, spec claims a different hidden width.
         let mut s = spec(Arch::Mlp, "rankers/mlp.safetensors");
         s.hidden = vec![32, 64];
-        let err = load_ranker(&s, dir.path()).unwrap_err();
+        let err = load_err(&s, dir.path());
         assert!(err.to_string().contains("shape mismatch"), "{err}");
     }
 

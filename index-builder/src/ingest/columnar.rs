@@ -81,7 +81,11 @@ impl Values {
                         .clone(),
                 )
             }
-            Boolean => Values::Bool(arr.as_boolean_opt().ok_or_else(|| unsupported(arr))?.clone()),
+            Boolean => Values::Bool(
+                arr.as_boolean_opt()
+                    .ok_or_else(|| unsupported(arr))?
+                    .clone(),
+            ),
             Timestamp(unit, _) => {
                 let div = match unit {
                     TimeUnit::Second => 1,
@@ -214,8 +218,9 @@ impl Values {
         }
         match self {
             Values::Int(a) => year_to_published(a.value(i)).map(Some),
-            Values::UInt(a) => year_to_published(i64::try_from(a.value(i)).unwrap_or(i64::MAX))
-                .map(Some),
+            Values::UInt(a) => {
+                year_to_published(i64::try_from(a.value(i)).unwrap_or(i64::MAX)).map(Some)
+            }
             Values::Float(a) => {
                 let f = a.value(i);
                 if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e6 {
@@ -224,8 +229,7 @@ impl Values {
                     Err(format!("'{f}' is not a year"))
                 }
             }
-            Values::Str(a) if a.value(i).trim().is_empty() => Ok(None),
-            Values::Str(a) => parse_year(a.value(i)).map(Some),
+            Values::Str(a) => parse_year(a.value(i)),
             // A date/timestamp stored under a year column: take it as the publish time.
             Values::Time { .. } => self.seconds(i),
             Values::Bool(_) => Err("a boolean is not a year".to_string()),
@@ -302,7 +306,10 @@ impl Categories {
                     .ok_or_else(|| unsupported(arr))?;
                 let n = usize::try_from(*n).unwrap_or(0);
                 let ranges = (0..l.len())
-                    .map(|i| (!l.is_null(i)).then(|| (i * n, i * n + n)))
+                    .map(|i| {
+                        let lo = to_usize(l.value_offset(i).into());
+                        (!l.is_null(i)).then_some((lo, lo + n))
+                    })
                     .collect();
                 Ok(Categories::List {
                     ranges,

@@ -186,7 +186,7 @@ fn text_item<'a>(
         parse_seconds(s).and_then(check_published)
     })?;
     if published_at.is_none() {
-        published_at = opt_cell(cols.year.as_ref(), &field, parse_year)?;
+        published_at = opt_cell(cols.year.as_ref(), &field, parse_year)?.flatten();
     }
     let policy_flag = opt_cell(cols.flag.as_ref(), &field, parse_bool)?.unwrap_or(false);
     let promoted = opt_cell(cols.promoted.as_ref(), &field, parse_bool)?.unwrap_or(false);

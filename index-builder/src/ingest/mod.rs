@@ -175,13 +175,20 @@ enum Format {
     MlItem,
 }
 
-const INTERACTION_FORMATS: &str = ".parquet, .arrow/.ipc/.feather, .csv, .tsv, .inter, or MovieLens u.data (*.base/*.test)";
+const INTERACTION_FORMATS: &str =
+    ".parquet, .arrow/.ipc/.feather, .csv, .tsv, .inter, or MovieLens u.data (*.base/*.test)";
 const ITEM_FORMATS: &str = ".parquet, .arrow/.ipc/.feather, .csv, .tsv, .item, or MovieLens u.item";
 
 /// Picks the reader from the file name; `None` when the name matches no format for `kind`.
 fn detect(path: &Path, kind: Kind) -> Option<Format> {
     let name = path.file_name()?.to_str()?.to_ascii_lowercase();
     let ext = name.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+    // Exact MovieLens names first: `u.item` would otherwise look like a RecBole `.item` file.
+    match (name.as_str(), kind) {
+        ("u.data", Kind::Interactions) => return Some(Format::MlData),
+        ("u.item", Kind::Items) => return Some(Format::MlItem),
+        _ => {}
+    }
     match (ext, kind) {
         ("parquet" | "pq", _) => Some(Format::Parquet),
         ("arrow" | "ipc" | "feather" | "arrows", _) => Some(Format::Ipc),
@@ -190,10 +197,7 @@ fn detect(path: &Path, kind: Kind) -> Option<Format> {
         ("inter", Kind::Interactions) | ("item", Kind::Items) => {
             Some(Format::Delimited(self::csv::Dialect::RecBole))
         }
-        ("data", Kind::Interactions) if name == "u.data" => Some(Format::MlData),
         ("base" | "test", Kind::Interactions) if name.starts_with('u') => Some(Format::MlData),
-        ("item", Kind::Interactions) | ("inter", Kind::Items) => None,
-        (_, Kind::Items) if name == "u.item" => Some(Format::MlItem),
         _ => None,
     }
 }
@@ -344,10 +348,7 @@ fn guarded<T>(
 /// Opens a file, mapping the error to [`IngestError::Io`], and rejects zero-byte files.
 fn open_nonempty(path: &Path) -> Result<std::fs::File, IngestError> {
     let file = std::fs::File::open(path).map_err(|e| IngestError::io(path, e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| IngestError::io(path, e))?
-        .len();
+    let len = file.metadata().map_err(|e| IngestError::io(path, e))?.len();
     if len == 0 {
         return Err(IngestError::EmptyFile {
             path: path.to_path_buf(),

@@ -40,7 +40,26 @@ fn open(
         IngestError::corrupt(path, Location::File, FORMAT, e.to_string())
     };
     let file = open_nonempty(path)?;
+    let len = file.metadata().map_err(|e| IngestError::io(path, e))?.len();
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(corrupt)?;
+    // The reader allocates a column chunk's byte range before reading it; a corrupt footer must
+    // not be able to ask for more than the file holds.
+    for (rg, row_group) in builder.metadata().row_groups().iter().enumerate() {
+        for column in row_group.columns() {
+            let (start, size) = column.byte_range();
+            if start.checked_add(size).is_none_or(|end| end > len) {
+                return Err(IngestError::corrupt(
+                    path,
+                    Location::File,
+                    FORMAT,
+                    format!(
+                        "row group {rg}: column {} spans bytes {start}+{size}, beyond the {len}-byte file",
+                        column.column_path()
+                    ),
+                ));
+            }
+        }
+    }
     let mut roots = indices(path, builder.schema())?;
     roots.sort_unstable();
     roots.dedup();

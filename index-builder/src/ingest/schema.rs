@@ -108,10 +108,13 @@ impl Headers {
     /// The first alias (in priority order) present in the file.
     pub fn find(&self, role: &Role) -> Option<Column> {
         role.aliases.iter().find_map(|alias| {
-            self.keys.iter().position(|k| k == alias).map(|index| Column {
-                index,
-                name: self.display[index].clone(),
-            })
+            self.keys
+                .iter()
+                .position(|k| k == alias)
+                .map(|index| Column {
+                    index,
+                    name: self.display[index].clone(),
+                })
         })
     }
 
@@ -340,16 +343,21 @@ pub(super) fn year_to_published(year: i64) -> Result<i64, String> {
     }
 }
 
-pub(super) fn parse_year(s: &str) -> Result<i64, String> {
+/// `published_at` from a release-year cell. A cell that is not a number reads as unknown
+/// (`None`): real catalogs hold markers and scraps there (RecBole's ML-100K has `unkonwn` and
+/// `V`), and a year is optional metadata not worth failing a build over. A numeric year outside
+/// 1800..2200 is still an error.
+pub(super) fn parse_year(s: &str) -> Result<Option<i64>, String> {
     let s = s.trim();
     let year = match s.parse::<i64>() {
         Ok(y) => y,
         Err(_) => match s.parse::<f64>() {
             Ok(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e6 => f as i64,
-            _ => return Err(format!("{} is not a year", show(s))),
+            Ok(f) => return Err(format!("'{f}' is not a year")),
+            Err(_) => return Ok(None),
         },
     };
-    year_to_published(year)
+    year_to_published(year).map(Some)
 }
 
 /// Weight / rating: must be a finite f32.

@@ -1,9 +1,10 @@
 //! DCN-v2 (parallel form): an explicit cross network, whose layer l computes bounded-degree
 //! feature crosses `x_{l+1} = x0 ⊙ (W_l x_l + b_l) + x_l`, beside a ReLU deep tower on x0; the
-//! two outputs are concatenated into a final linear layer.
+//! two outputs are concatenated into a final linear layer. `W_l` is low-rank (`U_l V_l`, the
+//! paper's cost/overfitting trade-off) when `cross_rank > 0`, full otherwise.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::{linear, linear_no_bias, Linear, VarBuilder};
 
 use super::NetConfig;
 
@@ -11,10 +12,28 @@ use super::NetConfig;
 pub const DEFAULT_HIDDEN: [usize; 2] = [128, 64];
 /// Default number of cross layers (degree-4 crosses).
 pub const DEFAULT_CROSS_LAYERS: usize = 3;
+/// Default rank of each cross layer's weight matrix.
+pub const DEFAULT_CROSS_RANK: usize = 32;
+
+/// One cross layer's `W x + b`, full or low-rank.
+#[derive(Debug, Clone)]
+enum CrossProj {
+    Full(Linear),
+    LowRank { v: Linear, u: Linear },
+}
+
+impl Module for CrossProj {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            CrossProj::Full(w) => w.forward(x),
+            CrossProj::LowRank { v, u } => u.forward(&v.forward(x)?),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Dcn {
-    cross: Vec<Linear>,
+    cross: Vec<CrossProj>,
     deep: Vec<Linear>,
     out: Linear,
 }
@@ -23,7 +42,17 @@ impl Dcn {
     pub fn new(cfg: &NetConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         let d = cfg.input_dim;
         let cross = (0..cfg.cross_layers)
-            .map(|i| linear(d, d, vb.pp(format!("cross{i}"))))
+            .map(|i| {
+                let vb = vb.pp(format!("cross{i}"));
+                Ok(if cfg.cross_rank == 0 || cfg.cross_rank >= d {
+                    CrossProj::Full(linear(d, d, vb)?)
+                } else {
+                    CrossProj::LowRank {
+                        v: linear_no_bias(d, cfg.cross_rank, vb.pp("v"))?,
+                        u: linear(cfg.cross_rank, d, vb.pp("u"))?,
+                    }
+                })
+            })
             .collect::<candle_core::Result<Vec<_>>>()?;
         let mut deep = Vec::with_capacity(cfg.hidden.len());
         let mut dim = d;

@@ -29,20 +29,27 @@ pub struct NetConfig {
     pub hidden: Vec<usize>,
     /// Number of cross layers; unused by architectures without a cross network.
     pub cross_layers: usize,
+    /// Rank of each cross layer's weight matrix; 0 (or >= input_dim) means full rank.
+    pub cross_rank: usize,
 }
 
 impl NetConfig {
     /// The default shape of `arch` for rows of `input_dim` floats.
     pub fn default_for(arch: Arch, input_dim: usize) -> NetConfig {
-        let (hidden, cross_layers) = match arch {
-            Arch::Logistic => (Vec::new(), 0),
-            Arch::Mlp => (mlp::DEFAULT_HIDDEN.to_vec(), 0),
-            Arch::Dcn => (dcn::DEFAULT_HIDDEN.to_vec(), dcn::DEFAULT_CROSS_LAYERS),
+        let (hidden, cross_layers, cross_rank) = match arch {
+            Arch::Logistic => (Vec::new(), 0, 0),
+            Arch::Mlp => (mlp::DEFAULT_HIDDEN.to_vec(), 0, 0),
+            Arch::Dcn => (
+                dcn::DEFAULT_HIDDEN.to_vec(),
+                dcn::DEFAULT_CROSS_LAYERS,
+                dcn::DEFAULT_CROSS_RANK,
+            ),
         };
         NetConfig {
             input_dim,
             hidden,
             cross_layers,
+            cross_rank,
         }
     }
 }

@@ -30,6 +30,29 @@ pub struct HnswParams {
     /// Beam width at query time (raised to k when k is larger).
     #[serde(default = "d_efs")]
     pub ef_search: usize,
+    /// What "nearest" means: inner product (the score matrix-factorisation models are trained
+    /// for; popular items keep their larger norms) or cosine.
+    #[serde(default)]
+    pub metric: Metric,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Maximum inner product, reduced to cosine by the norm-augmentation trick
+    /// (x → [x/M, sqrt(1 − |x|²/M²)], q → [q, 0]; Bachrach et al. 2014).
+    #[default]
+    InnerProduct,
+    Cosine,
+}
+
+impl Metric {
+    fn name(self) -> &'static str {
+        match self {
+            Metric::InnerProduct => "inner_product",
+            Metric::Cosine => "cosine",
+        }
+    }
 }
 const fn d_m() -> usize {
     16
@@ -46,6 +69,7 @@ impl Default for HnswParams {
             m: d_m(),
             ef_construction: d_efc(),
             ef_search: d_efs(),
+            metric: Metric::default(),
         }
     }
 }
@@ -87,7 +111,10 @@ impl Layer {
 /// A read-only HNSW graph over unit vectors.
 #[derive(Debug, Clone)]
 pub struct FrozenHnsw {
+    /// Width of the stored (possibly augmented) unit vectors.
     dim: usize,
+    /// Width of the vectors callers query with.
+    query_dim: usize,
     n: usize,
     vectors: Vec<f32>,
     entry: u32,
@@ -114,11 +141,44 @@ impl FrozenHnsw {
         if vectors.iter().any(|x| !x.is_finite()) {
             return Err("vectors contain NaN or infinity".into());
         }
-        vectors.chunks_mut(dim).for_each(normalize);
+        let query_dim = dim;
+        let (vectors, dim) = match params.metric {
+            Metric::Cosine => {
+                vectors.chunks_mut(dim).for_each(normalize);
+                (vectors, dim)
+            }
+            Metric::InnerProduct => {
+                let max_norm = vectors
+                    .chunks(dim)
+                    .map(|v| dot(v, v).sqrt())
+                    .fold(0f32, f32::max)
+                    .max(f32::MIN_POSITIVE);
+                let mut aug = Vec::with_capacity(n * (dim + 1));
+                for v in vectors.chunks(dim) {
+                    aug.extend(v.iter().map(|x| x / max_norm));
+                    let sq = dot(v, v) / (max_norm * max_norm);
+                    aug.push((1.0 - sq).max(0.0).sqrt());
+                }
+                // Re-normalise against rounding so every stored vector is unit length.
+                aug.chunks_mut(dim + 1).for_each(normalize);
+                (aug, dim + 1)
+            }
+        };
         let hnsw: Hnsw<f32, UnitDot> = Hnsw::new(params.m, n, 16, params.ef_construction, UnitDot);
         let data: Vec<(&[f32], usize)> = vectors.chunks(dim).enumerate().map(|(i, v)| (v, i)).collect();
         hnsw.parallel_insert_slice(&data);
-        Self::freeze(&hnsw, vectors, dim, params)
+        let mut g = Self::freeze(&hnsw, vectors, dim, params)?;
+        g.query_dim = query_dim;
+        Ok(g)
+    }
+
+    /// The unit query vector in stored space (augmented with a zero for inner product).
+    fn prepare(&self, query: &[f32]) -> Vec<f32> {
+        let mut q = Vec::with_capacity(self.dim);
+        q.extend_from_slice(query);
+        q.resize(self.dim, 0.0);
+        normalize(&mut q);
+        q
     }
 
     fn freeze(
@@ -157,6 +217,7 @@ impl FrozenHnsw {
             .collect();
         Ok(Self {
             dim,
+            query_dim: dim,
             n,
             vectors,
             entry,
@@ -255,6 +316,8 @@ impl FrozenHnsw {
             .meta("m", self.params.m)
             .meta("ef_construction", self.params.ef_construction)
             .meta("ef_search", self.params.ef_search)
+            .meta("metric", self.params.metric.name())
+            .meta("query_dim", self.query_dim)
             .write(&dir.join("graph.arrow"))?;
         Table::new()
             .with(
@@ -275,11 +338,25 @@ impl FrozenHnsw {
         let mut g = Table::read(&gpath)?;
         let meta = |k: &str| g.meta_usize(k).map_err(|m| bad(&gpath, m));
         let (n, dim, entry, levels) = (meta("n")?, meta("dim")?, meta("entry")?, meta("levels")?);
+        let metric = match g.metadata.get("metric").map(String::as_str) {
+            Some("inner_product") => Metric::InnerProduct,
+            Some("cosine") => Metric::Cosine,
+            other => return Err(bad(&gpath, format!("unknown metric {other:?}"))),
+        };
+        let query_dim = meta("query_dim")?;
         let params = HnswParams {
             m: meta("m")?,
             ef_construction: meta("ef_construction")?,
             ef_search: meta("ef_search")?,
+            metric,
         };
+        let expected_width = match metric {
+            Metric::InnerProduct => query_dim + 1,
+            Metric::Cosine => query_dim,
+        };
+        if expected_width != dim {
+            return Err(bad(&gpath, format!("{metric:?} index of width {dim} cannot take {query_dim}-wide queries")));
+        }
         let layer = g.take_u32("layer").map_err(|m| bad(&gpath, m))?;
         let node = g.take_u32("node").map_err(|m| bad(&gpath, m))?;
         let neighbor = g.take_u32("neighbor").map_err(|m| bad(&gpath, m))?;
@@ -309,6 +386,7 @@ impl FrozenHnsw {
         }
         Ok(Self {
             dim,
+            query_dim,
             n,
             vectors,
             entry: entry as u32,
@@ -319,8 +397,10 @@ impl FrozenHnsw {
 
     /// Exact search by scanning every vector (ground truth for recall measurements).
     pub fn exact_search(&self, query: &[f32], k: usize) -> Vec<ScoredItem> {
-        let mut q = query.to_vec();
-        normalize(&mut q);
+        if query.len() != self.query_dim {
+            return Vec::new();
+        }
+        let q = self.prepare(query);
         crate::sources::top_k(
             (0..self.n as u32).map(|i| ScoredItem {
                 item: i,
@@ -337,7 +417,7 @@ impl AnnIndex for FrozenHnsw {
     }
 
     fn dim(&self) -> usize {
-        self.dim
+        self.query_dim
     }
 
     fn backend(&self) -> &'static str {
@@ -345,11 +425,10 @@ impl AnnIndex for FrozenHnsw {
     }
 
     fn search(&self, query: &[f32], k: usize, allow: &(dyn Fn(ItemIdx) -> bool + Sync)) -> Vec<ScoredItem> {
-        if k == 0 || query.len() != self.dim || self.n == 0 {
+        if k == 0 || query.len() != self.query_dim || self.n == 0 {
             return Vec::new();
         }
-        let mut q = query.to_vec();
-        normalize(&mut q);
+        let q = self.prepare(query);
         let sim = |i: u32| dot(&q, self.vector(i));
         // Greedy descent through the upper layers.
         let mut cur = self.entry;
@@ -450,9 +529,16 @@ mod tests {
 
     #[test]
     fn recall_against_exact_search_and_round_trip() {
+        for metric in [Metric::InnerProduct, Metric::Cosine] {
+            recall_case(metric);
+        }
+    }
+
+    fn recall_case(metric: Metric) {
         let (n, dim) = (3000, 16);
         let data = clustered(n, dim, 7);
-        let idx = FrozenHnsw::build(data.clone(), dim, HnswParams::default()).unwrap();
+        let params = HnswParams { metric, ..HnswParams::default() };
+        let idx = FrozenHnsw::build(data.clone(), dim, params).unwrap();
         let dir = tempfile::tempdir().unwrap();
         idx.save(dir.path()).unwrap();
         let loaded = FrozenHnsw::load(dir.path()).unwrap();
@@ -468,7 +554,19 @@ mod tests {
             hits += got.iter().filter(|s| truth.contains(&s.item)).count();
         }
         let recall = hits as f64 / (50 * k) as f64;
-        assert!(recall > 0.95, "recall {recall}");
+        assert!(recall > 0.95, "{metric:?} recall {recall}");
+    }
+
+    #[test]
+    fn inner_product_ranks_by_raw_dot() {
+        let (n, dim) = (500, 8);
+        let data = clustered(n, dim, 11);
+        let idx = FrozenHnsw::build(data.clone(), dim, HnswParams::default()).unwrap();
+        let q = &data[0..dim];
+        let got = idx.exact_search(q, 10);
+        let mut want: Vec<(f32, u32)> = (0..n).map(|i| (dot(q, &data[i * dim..(i + 1) * dim]), i as u32)).collect();
+        want.sort_by(|a, b| b.0.total_cmp(&a.0));
+        assert_eq!(got.iter().map(|s| s.item).collect::<Vec<_>>(), want[..10].iter().map(|w| w.1).collect::<Vec<_>>());
     }
 
     #[test]
