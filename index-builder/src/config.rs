@@ -144,7 +144,7 @@ impl BuildConfig {
         let cfg: BuildConfig = toml::from_str(&text).map_err(|e| {
             let line = e
                 .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+                .map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1)
                 .map(|l| format!(":{l}"))
                 .unwrap_or_default();
             format!("{}{line}: {}", path.display(), e.message())

@@ -55,6 +55,8 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
+    #[error("training thread for {0} panicked")]
+    WorkerPanicked(Arch),
     #[error(transparent)]
     Rank(#[from] RankError),
 }
@@ -99,9 +101,9 @@ impl ExampleSet {
         self.y.is_empty()
     }
 
-    /// Row `i` (panics if out of range, like slice indexing).
-    pub fn row(&self, i: usize) -> &[f32] {
-        &self.x[i * INPUT_DIM..(i + 1) * INPUT_DIM]
+    /// Row `i`, if in range.
+    pub fn row(&self, i: usize) -> Option<&[f32]> {
+        self.x.get(i * INPUT_DIM..(i + 1) * INPUT_DIM)
     }
 
     /// Appends one example encoded by the serving encoder; the segment follows the user's
@@ -124,6 +126,9 @@ impl ExampleSet {
     pub fn validate(&self, set: &'static str) -> Result<(), TrainError> {
         let bad = |reason: String| Err(TrainError::InvalidData { set, reason });
         let n = self.y.len();
+        if n > u32::MAX as usize {
+            return bad(format!("{n} examples exceed the u32 row index"));
+        }
         if self.x.len() != n * INPUT_DIM {
             return bad(format!(
                 "x has {} floats, expected {n} rows x {INPUT_DIM}",
@@ -226,7 +231,9 @@ pub fn train_all(
             "epochs, batch_size and max_steps must be > 0".into(),
         ));
     }
-    if !(cfg.lr.is_finite() && cfg.lr > 0.0) || !cfg.weight_decay.is_finite() {
+    let lr_ok = cfg.lr.is_finite() && cfg.lr > 0.0;
+    let wd_ok = cfg.weight_decay.is_finite() && cfg.weight_decay >= 0.0;
+    if !(lr_ok && wd_ok) {
         return Err(TrainError::InvalidConfig(format!(
             "bad lr {} / weight_decay {}",
             cfg.lr, cfg.weight_decay
@@ -254,10 +261,30 @@ pub fn train_all(
         source,
     })?;
 
+    // One thread per model: candle parallelises matmuls but runs elementwise ops and autograd
+    // bookkeeping on the calling thread, so concurrent models keep both cores busy. Each model's
+    // result depends only on its own seed, so this stays deterministic.
+    let results: Vec<Result<(RankerSpec, Vec<f32>), TrainError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = cfg
+            .archs
+            .iter()
+            .enumerate()
+            .map(|(m, &arch)| {
+                let (mean, std) = (&mean, &std);
+                scope
+                    .spawn(move || train_one(arch, m as u64, train, valid, mean, std, cfg, out_dir))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(&cfg.archs)
+            .map(|(h, arch)| h.join().unwrap_or(Err(TrainError::WorkerPanicked(*arch))))
+            .collect()
+    });
     let mut specs = Vec::with_capacity(cfg.archs.len());
     let mut preds = Vec::with_capacity(cfg.archs.len());
-    for (m, &arch) in cfg.archs.iter().enumerate() {
-        let (spec, p) = train_one(arch, m as u64, train, valid, &mean, &std, cfg, out_dir)?;
+    for r in results {
+        let (spec, p) = r?;
         specs.push(spec);
         preds.push(p);
     }
@@ -283,37 +310,36 @@ pub fn train_all(
 /// Per-column mean and (population) standard deviation of row-major `x`; constant columns get
 /// std 1 so standardisation never divides by zero.
 fn feature_stats(x: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let n = x.len() / INPUT_DIM;
-    let zero = || (vec![0.0f64; INPUT_DIM], vec![0.0f64; INPUT_DIM]);
-    // Chunked f64 accumulation: deterministic regardless of thread scheduling.
-    let partials: Vec<(Vec<f64>, Vec<f64>)> = x
-        .par_chunks(INPUT_DIM * 4096)
-        .map(|chunk| {
-            let (mut s, mut ss) = zero();
-            for row in chunk.chunks_exact(INPUT_DIM) {
-                for j in 0..INPUT_DIM {
-                    let v = row[j] as f64;
-                    s[j] += v;
-                    ss[j] += v * v;
+    let n = (x.len() / INPUT_DIM).max(1) as f64;
+    // Chunked f64 sums merged in chunk order: deterministic regardless of thread scheduling.
+    // Two passes (mean, then squared deviations) avoid E[x²]−E[x]² cancellation.
+    let column_sums = |f: &(dyn Fn(usize, f32) -> f64 + Sync)| -> Vec<f64> {
+        x.par_chunks(INPUT_DIM * 4096)
+            .map(|chunk| {
+                let mut acc = vec![0.0f64; INPUT_DIM];
+                for row in chunk.chunks_exact(INPUT_DIM) {
+                    for (j, &v) in row.iter().enumerate() {
+                        acc[j] += f(j, v);
+                    }
                 }
-            }
-            (s, ss)
-        })
+                acc
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .fold(vec![0.0f64; INPUT_DIM], |mut total, part| {
+                total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
+                total
+            })
+    };
+    let mean: Vec<f64> = column_sums(&|_, v| v as f64)
+        .into_iter()
+        .map(|s| s / n)
         .collect();
-    let (mut s, mut ss) = zero();
-    for (ps, pss) in partials {
-        for j in 0..INPUT_DIM {
-            s[j] += ps[j];
-            ss[j] += pss[j];
-        }
-    }
-    let nf = n.max(1) as f64;
-    let mean: Vec<f32> = s.iter().map(|v| (v / nf) as f32).collect();
-    let std: Vec<f32> = (0..INPUT_DIM)
-        .map(|j| {
-            let m = s[j] / nf;
-            let var = (ss[j] / nf - m * m).max(0.0);
-            let sd = var.sqrt() as f32;
+    let var = column_sums(&|j, v| (v as f64 - mean[j]).powi(2));
+    let std = var
+        .into_iter()
+        .map(|ss| {
+            let sd = (ss / n).sqrt() as f32;
             if sd.is_finite() && sd > 1e-6 {
                 sd
             } else {
@@ -321,7 +347,7 @@ fn feature_stats(x: &[f32]) -> (Vec<f32>, Vec<f32>) {
             }
         })
         .collect();
-    (mean, std)
+    (mean.into_iter().map(|m| m as f32).collect(), std)
 }
 
 /// Numerically stable mean BCE with logits: max(z,0) − z·y + ln(1 + e^{−|z|}).
@@ -378,13 +404,14 @@ fn train_one(
     let mut epochs_run = 0usize;
     let mut last_epoch_loss = None;
 
-    'epochs: for epoch in 0..cfg.epochs {
+    for epoch in 0..cfg.epochs {
+        if step >= total_steps {
+            break;
+        }
         order.shuffle(&mut rng);
         let (mut loss_sum, mut loss_n) = (0.0f64, 0usize);
-        for batch in order.chunks(bs) {
-            if step >= total_steps {
-                break 'epochs;
-            }
+        // The step cap may end the last epoch early; its partial loss is still reported.
+        for batch in order.chunks(bs).take(total_steps - step) {
             xbuf.clear();
             ybuf.clear();
             for &i in batch {
@@ -395,7 +422,7 @@ fn train_one(
                 ybuf.push(train.y[i]);
             }
             // Cosine decay from lr to lr/10: big early steps, settled weights at the end.
-            let progress = step as f64 / total_steps.max(1) as f64;
+            let progress = step as f64 / total_steps as f64;
             opt.set_learning_rate(
                 cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())),
             );

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_index-builder");
 
 fn run(args: &[&str]) -> Output {
@@ -233,4 +235,44 @@ fn movielens_100k_builds_with_holdout() {
     let catalog = funnel::catalog::Catalog::load(&vdir.join("catalog.arrow")).unwrap();
     assert_eq!(catalog.len(), 1682);
     assert!(catalog.categories.iter().any(|c| c == "Comedy"));
+}
+
+#[test]
+fn build_pushes_version_tagged_features_to_redis() {
+    let redis = common::redis::RedisServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (inter, items) = synth(&tmp.path().join("data"), 200, 300, 8_000);
+    let out = tmp.path().join("bundle");
+    let url = redis.url();
+    ok(&[
+        "build",
+        "--interactions", inter.to_str().unwrap(),
+        "--items", items.to_str().unwrap(),
+        "--out", out.to_str().unwrap(),
+        "--redis", &url,
+    ]);
+    let version = current(&out).unwrap();
+    let mut conn = redis.conn();
+    let live: String = redis::cmd("GET").arg("funnel:current_version").query(&mut conn).unwrap();
+    assert_eq!(live, version);
+    // Every item has a hash under this version's keys, with a TTL.
+    let key = format!("funnel:{version}:i:1");
+    let fields: Vec<String> = redis::cmd("HKEYS").arg(&key).query(&mut conn).unwrap();
+    assert!(fields.iter().any(|f| f == "popularity"), "{key}: {fields:?}");
+    let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut conn).unwrap();
+    assert!(ttl > 0);
+
+    // An unreachable Redis fails the build and publishes nothing.
+    let before = (current(&out), versions(&out));
+    let dead = format!("redis://127.0.0.1:{}/", redis.port);
+    drop(redis);
+    let r = run(&[
+        "build",
+        "--interactions", inter.to_str().unwrap(),
+        "--out", out.to_str().unwrap(),
+        "--redis", &dead,
+    ]);
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("redis"));
+    assert_eq!((current(&out), versions(&out)), before);
 }

@@ -2,113 +2,14 @@
 //! port, never 6379) and reading them back through the server's own `RedisFeatureStore`.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+use common::redis::{free_port, RedisServer};
 
 use funnel::features::{block_on, FeatureRow};
 use index_builder::online::{
     push_to_redis_blocking, push_to_redis_blocking_with, verify_redis_blocking, Entity,
     FeatureError, FeatureRegistry, FeatureTable, FeatureValue, PushOptions, RedisFeatureStore,
 };
-
-/// A throwaway redis-server, killed on drop.
-struct RedisServer {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        for _ in 0..10 {
-            let port = free_port();
-            let dir = tempfile::tempdir().unwrap();
-            if let Some(child) = spawn_redis(port, dir.path()) {
-                return RedisServer { child, port, dir };
-            }
-        }
-        panic!("could not start redis-server");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection()
-            .unwrap()
-    }
-
-    /// Kills the server and starts a fresh (empty) one on the same port.
-    fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(child) = spawn_redis(self.port, self.dir.path()) {
-                self.child = child;
-                return;
-            }
-            assert!(Instant::now() < deadline, "could not restart redis-server");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        // The developer Redis lives on 6379; never touch it.
-        if port != 6379 {
-            return port;
-        }
-    }
-}
-
-/// Starts redis-server and waits for PING; `None` if it exits (e.g. the port was taken).
-fn spawn_redis(port: u16, dir: &std::path::Path) -> Option<Child> {
-    let mut child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed");
-    let url = format!("redis://127.0.0.1:{port}/");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return None;
-        }
-        let pong = redis::Client::open(url.as_str())
-            .unwrap()
-            .get_connection()
-            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-        if pong.is_ok() {
-            return Some(child);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
 
 fn registry() -> FeatureRegistry {
     FeatureRegistry::bundled().unwrap()

@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use funnel::ranking::input::{CandidateSignals, DeviceKind, ItemSignals, UserSignals, EMB_DIM};
+use funnel::ranking::Arch;
 use funnel::ranking::{load_rankers, RankersManifest};
 use index_builder::train::{auc, train_all, ExampleSet, TrainConfig, TrainReport};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -37,7 +38,11 @@ fn world(rng: &mut StdRng, n_users: usize, n_items: usize) -> World {
     World {
         user_emb: (0..n_users).map(|_| unit_vec(rng)).collect(),
         user_prefs: (0..n_users)
-            .map(|_| (0..N_CATEGORIES).map(|_| rng.gen_range(0.0f32..1.0)).collect())
+            .map(|_| {
+                (0..N_CATEGORIES)
+                    .map(|_| rng.gen_range(0.0f32..1.0))
+                    .collect()
+            })
             .collect(),
         user_hist: (0..n_users)
             .map(|u| match u % 5 {
@@ -62,7 +67,12 @@ fn world(rng: &mut StdRng, n_users: usize, n_items: usize) -> World {
 
 /// `per_user` candidates per user; the label depends on the embedding match, category affinity,
 /// popularity, freshness and the retrieval scores, through a known logistic model.
-fn examples(w: &World, rng: &mut StdRng, users: std::ops::Range<usize>, per_user: usize) -> ExampleSet {
+fn examples(
+    w: &World,
+    rng: &mut StdRng,
+    users: std::ops::Range<usize>,
+    per_user: usize,
+) -> ExampleSet {
     let mut set = ExampleSet::with_capacity(users.len() * per_user);
     for u in users {
         let cold = w.user_hist[u] == 0;
@@ -74,10 +84,17 @@ fn examples(w: &World, rng: &mut StdRng, users: std::ops::Range<usize>, per_user
                 .map(|(a, b)| a * b)
                 .sum();
             let cats = &w.item_cats[i];
-            let affinity =
-                cats.iter().map(|&c| w.user_prefs[u][c as usize]).sum::<f32>() / cats.len() as f32;
+            let affinity = cats
+                .iter()
+                .map(|&c| w.user_prefs[u][c as usize])
+                .sum::<f32>()
+                / cats.len() as f32;
             let ann = ((dot + 1.0) / 2.0 + rng.gen_range(-0.1f32..0.1)).clamp(0.0, 1.0);
-            let cf = if rng.gen_bool(0.5) { rng.gen_range(0.0f32..1.0) } else { 0.0 };
+            let cf = if rng.gen_bool(0.5) {
+                rng.gen_range(0.0f32..1.0)
+            } else {
+                0.0
+            };
             let mask = 1u8 | if cf > 0.0 { 2 } else { 0 };
             let fresh = (-w.item_age[i] / 30.0).exp();
             let logit = if cold {
@@ -125,10 +142,17 @@ fn check_report(report: &TrainReport, valid: &ExampleSet, dir: &std::path::Path)
         assert_eq!(a, auc(&report.valid_predictions[k], &valid.y));
         assert!(a > 0.7, "{} validation AUC {a}", spec.id);
         assert!(spec.metrics.valid_ndcg_at_20.unwrap() > 0.0);
-        assert!(dir.join(&spec.weights_file).is_file(), "{}", spec.weights_file);
+        assert!(
+            dir.join(&spec.weights_file).is_file(),
+            "{}",
+            spec.weights_file
+        );
         assert_eq!(report.segment_metrics[k].len(), 3);
         assert_eq!(
-            report.segment_metrics[k].iter().map(|s| s.examples).sum::<usize>(),
+            report.segment_metrics[k]
+                .iter()
+                .map(|s| s.examples)
+                .sum::<usize>(),
             valid.len()
         );
         println!(
@@ -216,6 +240,33 @@ fn trains_all_architectures_and_serving_reproduces_predictions() {
 }
 
 #[test]
+fn step_cap_and_arch_subset() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let w = world(&mut rng, 60, 400);
+    let train = examples(&w, &mut rng, 0..50, 40);
+    let valid = examples(&w, &mut rng, 50..60, 40);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        batch_size: 64,
+        max_steps: 5,
+        archs: vec![Arch::Dcn, Arch::Logistic],
+        version: 3,
+        ..TrainConfig::default()
+    };
+    let report = train_all(&train, &valid, &cfg, dir.path()).unwrap();
+    assert_eq!(report.model_ids, ["dcn-v3", "logistic-v3"]);
+    for spec in &report.specs {
+        // 2000 rows / 64 = 32 steps per epoch; the cap cuts the first epoch short.
+        assert_eq!(spec.metrics.steps, 5);
+        assert_eq!(spec.metrics.epochs, 1);
+        assert!(spec.metrics.final_train_loss.is_some());
+    }
+    let (manifest, rankers) = load_rankers(dir.path()).unwrap();
+    assert_eq!(manifest.rankers.len(), 2);
+    assert_eq!(rankers[0].arch(), Arch::Dcn);
+}
+
+#[test]
 fn rejects_malformed_example_sets() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = StdRng::seed_from_u64(3);
@@ -251,7 +302,27 @@ fn budget_300k_examples() {
     let t = Instant::now();
     let report = train_all(&train, &valid, &TrainConfig::default(), dir.path()).unwrap();
     let secs = t.elapsed().as_secs_f64();
-    println!("300K: trained 3 models on {} rows in {secs:.2}s", train.len());
+    println!(
+        "300K: trained 3 models on {} rows in {secs:.2}s",
+        train.len()
+    );
     check_report(&report, &valid, dir.path());
     assert!(secs < 40.0, "took {secs:.1}s");
+}
+
+/// Time at ~3M examples (one pass under the default step cap). Run with
+/// `cargo test --release -p index-builder --test train budget_3m -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn budget_3m_examples() {
+    let mut rng = StdRng::seed_from_u64(6);
+    let w = world(&mut rng, 31_000, 20_000);
+    let train = examples(&w, &mut rng, 0..30_000, 100);
+    let valid = examples(&w, &mut rng, 30_000..31_000, 100);
+    let dir = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let report = train_all(&train, &valid, &TrainConfig::default(), dir.path()).unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    println!("3M: trained 3 models on {} rows in {secs:.2}s", train.len());
+    check_report(&report, &valid, dir.path());
 }

@@ -313,7 +313,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn emb(seed: f32) -> Vec<f32> {
-        (0..EMB_DIM).map(|k| ((k as f32 + seed) * 0.37).sin()).collect()
+        (0..EMB_DIM)
+            .map(|k| ((k as f32 + seed) * 0.37).sin())
+            .collect()
     }
 
     #[test]
@@ -376,7 +378,10 @@ mod tests {
         assert!((row[col::LOG_AGE] - 31.0f32.ln()).abs() < 1e-5);
         assert_eq!(row[col::SOURCE_SCORES], 0.9);
         assert_eq!(row[col::SOURCE_SCORES + 2], 0.4);
-        assert_eq!(&row[col::SOURCE_MASK..col::SOURCE_MASK + 4], &[1.0, 0.0, 1.0, 0.0]);
+        assert_eq!(
+            &row[col::SOURCE_MASK..col::SOURCE_MASK + 4],
+            &[1.0, 0.0, 1.0, 0.0]
+        );
         assert_eq!(row[col::N_SOURCES_COL], 2.0);
         assert_eq!(row[col::MERGED_SCORE], 0.7);
         assert_eq!(row[col::LOG_HISTORY], 0.0);

@@ -128,9 +128,11 @@ pub struct RankerMetrics {
     pub segments: Vec<SegmentMetrics>,
     pub train_examples: usize,
     pub valid_examples: usize,
+    /// Epochs started (the last may be cut short by the step cap).
     pub epochs: usize,
+    /// Optimizer steps taken.
     pub steps: usize,
-    /// Mean training loss over the last epoch.
+    /// Mean training loss over the last (possibly partial, see `steps`) epoch.
     pub final_train_loss: Option<f64>,
     pub train_seconds: f64,
     pub n_params: usize,
@@ -438,7 +440,9 @@ mod tests {
     }
 
     fn rows(n: usize) -> Vec<f32> {
-        (0..n * INPUT_DIM).map(|k| ((k as f32) * 0.013).sin()).collect()
+        (0..n * INPUT_DIM)
+            .map(|k| ((k as f32) * 0.013).sin())
+            .collect()
     }
 
     #[test]
@@ -499,7 +503,11 @@ mod tests {
         ));
 
         std::fs::create_dir_all(dir.path().join(RANKERS_DIR)).unwrap();
-        std::fs::write(dir.path().join("rankers/garbage.safetensors"), b"\x08\0\0\0\0\0\0\0{bad").unwrap();
+        std::fs::write(
+            dir.path().join("rankers/garbage.safetensors"),
+            b"\x08\0\0\0\0\0\0\0{bad",
+        )
+        .unwrap();
         let s = spec(Arch::Mlp, "rankers/garbage.safetensors");
         let err = load_err(&s, dir.path());
         assert!(matches!(err, RankError::Weights { .. }), "{err}");
@@ -507,13 +515,23 @@ mod tests {
         // Truncated copy of a valid file.
         save_model(Arch::Mlp, dir.path(), "rankers/mlp.safetensors");
         let full = std::fs::read(dir.path().join("rankers/mlp.safetensors")).unwrap();
-        std::fs::write(dir.path().join("rankers/trunc.safetensors"), &full[..full.len() / 2]).unwrap();
+        std::fs::write(
+            dir.path().join("rankers/trunc.safetensors"),
+            &full[..full.len() / 2],
+        )
+        .unwrap();
         let s = spec(Arch::Mlp, "rankers/trunc.safetensors");
-        assert!(matches!(load_ranker(&s, dir.path()), Err(RankError::Weights { .. })));
+        assert!(matches!(
+            load_ranker(&s, dir.path()),
+            Err(RankError::Weights { .. })
+        ));
 
         // Valid file, wrong architecture shapes (MLP weights read as DCN).
         let s = spec(Arch::Dcn, "rankers/mlp.safetensors");
-        assert!(matches!(load_ranker(&s, dir.path()), Err(RankError::Weights { .. })));
+        assert!(matches!(
+            load_ranker(&s, dir.path()),
+            Err(RankError::Weights { .. })
+        ));
         // Valid file, spec claims a different hidden width.
         let mut s = spec(Arch::Mlp, "rankers/mlp.safetensors");
         s.hidden = vec![32, 64];

@@ -4,22 +4,22 @@
 //! paper's cost/overfitting trade-off) when `cross_rank > 0`, full otherwise.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{linear, linear_no_bias, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::NetConfig;
+use super::{Dense, NetConfig};
 
 /// Default deep tower widths.
 pub const DEFAULT_HIDDEN: [usize; 2] = [128, 64];
 /// Default number of cross layers (degree-4 crosses).
-pub const DEFAULT_CROSS_LAYERS: usize = 3;
+pub const DEFAULT_CROSS_LAYERS: usize = 2;
 /// Default rank of each cross layer's weight matrix.
 pub const DEFAULT_CROSS_RANK: usize = 32;
 
 /// One cross layer's `W x + b`, full or low-rank.
 #[derive(Debug, Clone)]
 enum CrossProj {
-    Full(Linear),
-    LowRank { v: Linear, u: Linear },
+    Full(Dense),
+    LowRank { v: Dense, u: Dense },
 }
 
 impl Module for CrossProj {
@@ -34,8 +34,8 @@ impl Module for CrossProj {
 #[derive(Debug, Clone)]
 pub struct Dcn {
     cross: Vec<CrossProj>,
-    deep: Vec<Linear>,
-    out: Linear,
+    deep: Vec<Dense>,
+    out: Dense,
 }
 
 impl Dcn {
@@ -45,11 +45,11 @@ impl Dcn {
             .map(|i| {
                 let vb = vb.pp(format!("cross{i}"));
                 Ok(if cfg.cross_rank == 0 || cfg.cross_rank >= d {
-                    CrossProj::Full(linear(d, d, vb)?)
+                    CrossProj::Full(Dense::new(d, d, vb)?)
                 } else {
                     CrossProj::LowRank {
-                        v: linear_no_bias(d, cfg.cross_rank, vb.pp("v"))?,
-                        u: linear(cfg.cross_rank, d, vb.pp("u"))?,
+                        v: Dense::no_bias(d, cfg.cross_rank, vb.pp("v"))?,
+                        u: Dense::new(cfg.cross_rank, d, vb.pp("u"))?,
                     }
                 })
             })
@@ -57,11 +57,11 @@ impl Dcn {
         let mut deep = Vec::with_capacity(cfg.hidden.len());
         let mut dim = d;
         for (i, &h) in cfg.hidden.iter().enumerate() {
-            deep.push(linear(dim, h, vb.pp(format!("deep{i}")))?);
+            deep.push(Dense::new(dim, h, vb.pp(format!("deep{i}")))?);
             dim = h;
         }
         // Final layer sees the cross output (d) and the deep output (dim; d if no deep tower).
-        let out = linear(d + dim, 1, vb.pp("out"))?;
+        let out = Dense::new(d + dim, 1, vb.pp("out"))?;
         Ok(Self { cross, deep, out })
     }
 }

@@ -2,20 +2,20 @@
 //! well calibrated; the ensemble's baseline and fallback.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::NetConfig;
+use super::{Dense, NetConfig};
 
 /// `logit = w·x + b`.
 #[derive(Debug, Clone)]
 pub struct Logistic {
-    out: Linear,
+    out: Dense,
 }
 
 impl Logistic {
     pub fn new(cfg: &NetConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(Self {
-            out: linear(cfg.input_dim, 1, vb.pp("out"))?,
+            out: Dense::new(cfg.input_dim, 1, vb.pp("out"))?,
         })
     }
 }

@@ -2,9 +2,9 @@
 //! (e.g. across the u⊙i block) the linear model cannot.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::NetConfig;
+use super::{Dense, NetConfig};
 
 /// Default tower: INPUT → 128 → 64 → 1.
 pub const DEFAULT_HIDDEN: [usize; 2] = [128, 64];
@@ -12,8 +12,8 @@ pub const DEFAULT_HIDDEN: [usize; 2] = [128, 64];
 /// `logit = out(relu(... relu(h0(x))))`.
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    hidden: Vec<Linear>,
-    out: Linear,
+    hidden: Vec<Dense>,
+    out: Dense,
 }
 
 impl Mlp {
@@ -21,12 +21,12 @@ impl Mlp {
         let mut hidden = Vec::with_capacity(cfg.hidden.len());
         let mut dim = cfg.input_dim;
         for (i, &h) in cfg.hidden.iter().enumerate() {
-            hidden.push(linear(dim, h, vb.pp(format!("hidden{i}")))?);
+            hidden.push(Dense::new(dim, h, vb.pp(format!("hidden{i}")))?);
             dim = h;
         }
         Ok(Self {
             hidden,
-            out: linear(dim, 1, vb.pp("out"))?,
+            out: Dense::new(dim, 1, vb.pp("out"))?,
         })
     }
 }

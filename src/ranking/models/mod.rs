@@ -12,7 +12,7 @@ pub mod logistic;
 pub mod mlp;
 
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::{Linear, VarBuilder, VarMap};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use super::Arch;
@@ -64,6 +64,51 @@ pub fn build(arch: Arch, cfg: &NetConfig, vb: VarBuilder) -> candle_core::Result
         Arch::Mlp => Box::new(mlp::Mlp::new(cfg, vb)?),
         Arch::Dcn => Box::new(dcn::Dcn::new(cfg, vb)?),
     })
+}
+
+/// Fully connected layer `y = x Wᵀ + b` with the same variables (`weight` `(out, in)`, `bias`
+/// `(out,)`) as `candle_nn::Linear`, but adding the bias as `1 bᵀ` through a matmul: candle's
+/// backward for a broadcast add reduces over the batch dimension with a slow strided loop, and
+/// that dominated CPU training time; a `(1×n)(n×out)` matmul computes the same gradient fast.
+#[derive(Debug, Clone)]
+pub struct Dense {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Dense {
+    /// `in_dim → out_dim` with bias, variables under `vb`.
+    pub fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self::from(candle_nn::linear(in_dim, out_dim, vb)?))
+    }
+
+    /// `in_dim → out_dim` without bias.
+    pub fn no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self::from(candle_nn::linear_no_bias(in_dim, out_dim, vb)?))
+    }
+}
+
+impl From<Linear> for Dense {
+    fn from(l: Linear) -> Self {
+        Self {
+            weight: l.weight().clone(),
+            bias: l.bias().cloned(),
+        }
+    }
+}
+
+impl Module for Dense {
+    /// `x` is `(n, in)`.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = x.matmul(&self.weight.t()?)?;
+        match &self.bias {
+            None => Ok(y),
+            Some(b) => {
+                let ones = Tensor::ones((x.dim(0)?, 1), x.dtype(), x.device())?;
+                y + ones.matmul(&b.reshape((1, b.elem_count()))?)?
+            }
+        }
+    }
 }
 
 /// Number of scalar parameters held by `varmap`.
