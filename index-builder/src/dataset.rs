@@ -151,7 +151,7 @@ impl Dataset {
                 weight,
             });
         }
-        events.sort_by(|a, b| (a.ts, a.user, a.item).cmp(&(b.ts, b.user, b.item)));
+        events.sort_by_key(|e| (e.ts, e.user, e.item));
         Dataset {
             user_ids,
             user_index,

@@ -16,8 +16,8 @@ use funnel::ranking::input::{
 };
 use funnel::ranking::models::{self, NetConfig};
 use funnel::ranking::{
-    Arch, CandleRanker, RankError, Ranker, RankerMetrics, RankerSpec, RankersManifest,
-    SegmentMetrics, RANKERS_DIR,
+    standardize_row_into, Arch, CandleRanker, RankError, Ranker, RankerMetrics, RankerSpec,
+    RankersManifest, SegmentMetrics, RANKERS_DIR,
 };
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use rayon::prelude::*;
@@ -417,8 +417,8 @@ fn train_one(
             for &i in batch {
                 let i = i as usize;
                 let row = &train.x[i * INPUT_DIM..(i + 1) * INPUT_DIM];
-                // Same formula the served ranker applies: (x - mean) / std.
-                xbuf.extend(row.iter().zip(mean).zip(std).map(|((v, m), s)| (v - m) / s));
+                // The served ranker's own scaling code.
+                standardize_row_into(row, mean, std, &mut xbuf);
                 ybuf.push(train.y[i]);
             }
             // Cosine decay from lr to lr/10: big early steps, settled weights at the end.

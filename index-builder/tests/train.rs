@@ -208,6 +208,19 @@ fn check_report(report: &TrainReport, valid: &ExampleSet, dir: &std::path::Path)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
         assert!(max_diff < 1e-4, "{}: max diff {max_diff}", ranker.id());
+
+        // Serving-sized batch: one request's 500 merged candidates.
+        let n = valid.len().min(500);
+        let rows = &valid.x[..n * funnel::ranking::input::INPUT_DIM];
+        let t = Instant::now();
+        for _ in 0..20 {
+            assert_eq!(ranker.score(rows, n).unwrap().len(), n);
+        }
+        println!(
+            "{}: {n}-row score {:.3} ms/call",
+            ranker.id(),
+            t.elapsed().as_secs_f64() * 1e3 / 20.0
+        );
     }
 }
 

@@ -252,7 +252,7 @@ fn append(col: &mut Column, arr: &dyn Array) -> Result<(), String> {
     if arr.null_count() > 0 {
         return Err("unexpected nulls".into());
     }
-    fn down<'a, T: 'static>(arr: &'a dyn Array) -> Result<&'a T, String> {
+    fn down<T: 'static>(arr: &dyn Array) -> Result<&T, String> {
         arr.as_any()
             .downcast_ref::<T>()
             .ok_or_else(|| format!("unexpected array type {}", arr.data_type()))

@@ -268,12 +268,28 @@ impl RankersManifest {
     }
 }
 
+/// Appends `row` standardised as `(x - mean) / std` to `out`. The one implementation of the
+/// scaling, used by serving ([`CandleRanker::score`]) and by the builder's training batches.
+#[inline]
+pub fn standardize_row_into(row: &[f32], mean: &[f32], std: &[f32], out: &mut Vec<f32>) {
+    out.extend(row.iter().zip(mean).zip(std).map(|((x, m), s)| (x - m) / s));
+}
+
+/// Logistic function, stable for logits of any magnitude.
+#[inline]
+fn sigmoid(z: f32) -> f32 {
+    if z >= 0.0 {
+        1.0 / (1.0 + (-z).exp())
+    } else {
+        let e = z.exp();
+        e / (1.0 + e)
+    }
+}
+
 /// A candle model behind the [`Ranker`] trait: standardize → network → sigmoid, on CPU.
 pub struct CandleRanker {
     spec: RankerSpec,
     net: Net,
-    mean: Tensor,
-    std: Tensor,
 }
 
 impl fmt::Debug for CandleRanker {
@@ -295,28 +311,17 @@ impl CandleRanker {
             source,
         };
         let net = models::build(spec.arch, &spec.net_config(), vb).map_err(model_err)?;
-        let mean = Tensor::from_slice(&spec.feature_mean, spec.input_dim, &Device::Cpu)
-            .map_err(model_err)?;
-        let std = Tensor::from_slice(&spec.feature_std, spec.input_dim, &Device::Cpu)
-            .map_err(model_err)?;
-        Ok(Self {
-            spec,
-            net,
-            mean,
-            std,
-        })
+        Ok(Self { spec, net })
     }
 
     pub fn spec(&self) -> &RankerSpec {
         &self.spec
     }
 
-    fn forward(&self, rows: &[f32], n: usize) -> candle_core::Result<Vec<f32>> {
-        let x = Tensor::from_slice(rows, (n, self.spec.input_dim), &Device::Cpu)?;
-        // Same formula as training's standardisation: (x - mean) / std.
-        let x = x.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?;
-        let logits = self.net.forward(&x)?.flatten_all()?;
-        candle_nn::ops::sigmoid(&logits)?.to_vec1::<f32>()
+    /// Logits of already standardised rows, one batched forward pass.
+    fn logits(&self, x: Vec<f32>, n: usize) -> candle_core::Result<Vec<f32>> {
+        let x = Tensor::from_vec(x, (n, self.spec.input_dim), &Device::Cpu)?;
+        self.net.forward(&x)?.flatten_all()?.to_vec1::<f32>()
     }
 }
 
@@ -341,25 +346,26 @@ impl Ranker for CandleRanker {
         if n == 0 {
             return Ok(Vec::new());
         }
-        // A NaN would silently poison the batch's ordering; encode_row never emits one.
-        if let Some(pos) = rows.iter().position(|v| !v.is_finite()) {
-            return Err(RankError::NonFiniteInput {
-                row: pos / dim,
-                col: pos % dim,
-            });
+        let mut x = Vec::with_capacity(rows.len());
+        for (r, row) in rows.chunks_exact(dim).enumerate() {
+            // A NaN would silently poison the batch's ordering; encode_row never emits one.
+            if let Some(col) = row.iter().position(|v| !v.is_finite()) {
+                return Err(RankError::NonFiniteInput { row: r, col });
+            }
+            standardize_row_into(row, &self.spec.feature_mean, &self.spec.feature_std, &mut x);
         }
-        let scores = self.forward(rows, n).map_err(|source| RankError::Model {
+        let logits = self.logits(x, n).map_err(|source| RankError::Model {
             id: self.spec.id.clone(),
             source,
         })?;
-        if scores.len() != n {
+        if logits.len() != n {
             return Err(RankError::OutputShape {
                 id: self.spec.id.clone(),
                 n,
-                got: scores.len(),
+                got: logits.len(),
             });
         }
-        Ok(scores)
+        Ok(logits.into_iter().map(sigmoid).collect())
     }
 }
 

@@ -131,7 +131,7 @@ impl FrozenHnsw {
     /// Builds the graph with `hnsw_rs` (parallel insertion) over `vectors` (row-major, `dim` wide;
     /// normalised here), then freezes it.
     pub fn build(mut vectors: Vec<f32>, dim: usize, params: HnswParams) -> Result<Self, String> {
-        if dim == 0 || vectors.len() % dim != 0 {
+        if dim == 0 || !vectors.len().is_multiple_of(dim) {
             return Err(format!("{} values do not form rows of width {dim}", vectors.len()));
         }
         let n = vectors.len() / dim;
@@ -416,6 +416,7 @@ impl AnnIndex for FrozenHnsw {
         self.n
     }
 
+    #[allow(clippy::misnamed_getters)] // callers query with `query_dim`-wide vectors
     fn dim(&self) -> usize {
         self.query_dim
     }
@@ -573,7 +574,7 @@ mod tests {
     fn filter_is_honoured() {
         let (n, dim) = (2000, 8);
         let idx = FrozenHnsw::build(clustered(n, dim, 3), dim, HnswParams::default()).unwrap();
-        let even = |i: u32| i % 2 == 0;
+        let even = |i: u32| i.is_multiple_of(2);
         let got = idx.search(&[1.0; 8], 50, &even);
         assert_eq!(got.len(), 50);
         assert!(got.iter().all(|s| s.item % 2 == 0));
