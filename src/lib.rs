@@ -7,6 +7,7 @@
 
 pub mod bundle;
 pub mod catalog;
+pub mod cli;
 pub mod features;
 pub mod merge;
 pub mod ranking;

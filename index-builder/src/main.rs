@@ -87,19 +87,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    // Die quietly like other CLI tools when the reader of our output goes away (`| head`),
-    // instead of panicking on a failed print.
-    #[cfg(unix)]
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    funnel::cli::init();
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(code) => code,
