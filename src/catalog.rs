@@ -85,13 +85,31 @@ impl Catalog {
             })
             .collect();
         Table::new()
-            .with("item_id", Column::U64(self.items.iter().map(|i| i.id).collect()))
-            .with("title", Column::Utf8(self.items.iter().map(|i| i.title.clone()).collect()))
+            .with(
+                "item_id",
+                Column::U64(self.items.iter().map(|i| i.id).collect()),
+            )
+            .with(
+                "title",
+                Column::Utf8(self.items.iter().map(|i| i.title.clone()).collect()),
+            )
             .with("category_idx", Column::Utf8(cats))
-            .with("creator_id", Column::U64(self.items.iter().map(|i| i.creator_id).collect()))
-            .with("published_at", Column::I64(self.items.iter().map(|i| i.published_at).collect()))
-            .with("flagged", Column::Bool(self.items.iter().map(|i| i.flagged).collect()))
-            .with("promoted", Column::Bool(self.items.iter().map(|i| i.promoted).collect()))
+            .with(
+                "creator_id",
+                Column::U64(self.items.iter().map(|i| i.creator_id).collect()),
+            )
+            .with(
+                "published_at",
+                Column::I64(self.items.iter().map(|i| i.published_at).collect()),
+            )
+            .with(
+                "flagged",
+                Column::Bool(self.items.iter().map(|i| i.flagged).collect()),
+            )
+            .with(
+                "promoted",
+                Column::Bool(self.items.iter().map(|i| i.promoted).collect()),
+            )
             .meta("categories", vocab)
             .write(path)
     }
@@ -101,7 +119,10 @@ impl Catalog {
         let mut t = Table::read(path)?;
         let bad = |m: String| BundleError::format(path, m);
         let categories: Vec<String> = serde_json::from_str(
-            t.metadata.get("categories").map(String::as_str).unwrap_or("[]"),
+            t.metadata
+                .get("categories")
+                .map(String::as_str)
+                .unwrap_or("[]"),
         )
         .map_err(|e| bad(format!("category vocabulary: {e}")))?;
         let ids = t.take_u64("item_id").map_err(bad)?;

@@ -128,7 +128,10 @@ mod tests {
         let m = merge(&r, &MergeConfig::default());
         assert_eq!(m.len(), 4);
         let three = m.iter().find(|c| c.item == 3).unwrap();
-        assert_eq!(three.sources().collect::<Vec<_>>(), vec![SourceId::Ann, SourceId::Cf]);
+        assert_eq!(
+            three.sources().collect::<Vec<_>>(),
+            vec![SourceId::Ann, SourceId::Cf]
+        );
         assert!((three.score - 1.5).abs() < 1e-6);
         assert_eq!(m[0].item, 3);
     }

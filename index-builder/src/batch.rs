@@ -29,7 +29,14 @@ pub fn active_users(stage: &Stage, cfg: &BuildConfig) -> Vec<UserIdx> {
         .collect()
 }
 
-pub fn build(ds: &Dataset, stage: &Stage, ranker: Option<&dyn Ranker>, users: Vec<UserIdx>, cfg: &BuildConfig, mut tick: impl FnMut(u64) + Send) -> BatchRecs {
+pub fn build(
+    ds: &Dataset,
+    stage: &Stage,
+    ranker: Option<&dyn Ranker>,
+    users: Vec<UserIdx>,
+    cfg: &BuildConfig,
+    mut tick: impl FnMut(u64) + Send,
+) -> BatchRecs {
     let lists: Vec<Vec<(ItemIdx, f32)>> = users
         .par_chunks(256)
         .map(|chunk| {

@@ -13,7 +13,7 @@ use funnel::ranking::{load_ranker, Ranker};
 use serde_json::json;
 
 use crate::config::BuildConfig;
-use crate::dataset::{Dataset, Event};
+use crate::dataset::{CatalogDefaults, Dataset, Event};
 use crate::eval::{evaluate, EvalReport};
 use crate::progress::Progress;
 use crate::split::{split, Holdout};
@@ -91,7 +91,10 @@ fn input_entries(role: &str, path: &Path) -> Result<Vec<InputEntry>, BuildError>
 /// Splits training events into the early part (models for ranker examples) and the label window.
 fn label_split(train: &[Event], fraction: f64) -> (Vec<Event>, Vec<Event>, i64) {
     let k = ((train.len() as f64) * (1.0 - fraction)).floor() as usize;
-    let cut = train.get(k.min(train.len().saturating_sub(1))).map(|e| e.ts).unwrap_or(0);
+    let cut = train
+        .get(k.min(train.len().saturating_sub(1)))
+        .map(|e| e.ts)
+        .unwrap_or(0);
     let early: Vec<Event> = train.iter().copied().filter(|e| e.ts < cut).collect();
     let labels: Vec<Event> = train.iter().copied().filter(|e| e.ts >= cut).collect();
     (early, labels, cut)
@@ -117,7 +120,7 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
     }
     step.finish();
     let step = progress.spinner("index dataset");
-    let ds = Dataset::build(raw, items);
+    let ds = Dataset::build(raw, items, &CatalogDefaults::from_registry(&args.registry));
     step.finish();
     if ds.events.is_empty() {
         return Err(BuildError::Invalid(format!(
@@ -130,7 +133,10 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
     counts.insert("interactions".into(), ds.events.len() as u64);
     counts.insert("categories".into(), ds.catalog.categories.len() as u64);
     counts.insert("dropped_zero_weight".into(), ds.dropped_zero_weight as u64);
-    counts.insert("items_without_metadata".into(), ds.items_without_metadata as u64);
+    counts.insert(
+        "items_without_metadata".into(),
+        ds.items_without_metadata as u64,
+    );
 
     // 1. Holdout.
     let (train, test, cutoff) = match args.holdout {
@@ -141,7 +147,9 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
         None => (ds.events.clone(), Vec::new(), ds.max_ts() + 1),
     };
     if train.is_empty() {
-        return Err(BuildError::Invalid("the holdout leaves no training interactions".into()));
+        return Err(BuildError::Invalid(
+            "the holdout leaves no training interactions".into(),
+        ));
     }
     counts.insert("train_interactions".into(), train.len() as u64);
     counts.insert("test_interactions".into(), test.len() as u64);
@@ -173,13 +181,14 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
         seed: args.seed,
         ..TrainConfig::default()
     };
-    let report: TrainReport =
-        train_all(&ex.train, &ex.valid, &tcfg, writer.dir()).map_err(|e| BuildError::Train(e.to_string()))?;
+    let report: TrainReport = train_all(&ex.train, &ex.valid, &tcfg, writer.dir())
+        .map_err(|e| BuildError::Train(e.to_string()))?;
     step.finish();
     drop(ex);
 
     // 2–7 (serving stage): the models the server loads.
-    let stage = Stage::build(&ds, &train, cutoff, cfg, "serving stage", &progress).map_err(BuildError::Invalid)?;
+    let stage = Stage::build(&ds, &train, cutoff, cfg, "serving stage", &progress)
+        .map_err(BuildError::Invalid)?;
 
     let step = progress.spinner("write artifacts");
     write_artifacts(&writer, &ds, &stage)?;
@@ -225,7 +234,15 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
     // 12. Offline evaluation.
     let eval = if let Some(h) = args.holdout {
         let step = progress.spinner("offline evaluation");
-        let rep = evaluate(&ds, &stage, &rankers, &test, cfg, &h.to_string(), EVAL_MAX_USERS);
+        let rep = evaluate(
+            &ds,
+            &stage,
+            &rankers,
+            &test,
+            cfg,
+            &h.to_string(),
+            EVAL_MAX_USERS,
+        );
         std::fs::write(
             writer.path("eval.json")?,
             serde_json::to_vec_pretty(&rep).map_err(|e| BuildError::Invalid(e.to_string()))?,
@@ -248,11 +265,12 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
             })?;
         // Read a sample back through the server's own path: a key, codec or version mix-up
         // fails the build instead of being served as defaults.
-        let report = crate::online::verify_redis_blocking(url, &args.registry, &table, &version, 1000)
-            .map_err(|e| BuildError::Redis {
-                url: url.clone(),
-                message: e.to_string(),
-            })?;
+        let report =
+            crate::online::verify_redis_blocking(url, &args.registry, &table, &version, 1000)
+                .map_err(|e| BuildError::Redis {
+                    url: url.clone(),
+                    message: e.to_string(),
+                })?;
         if !report.is_ok() {
             return Err(BuildError::Redis {
                 url: url.clone(),
@@ -267,10 +285,17 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
     info.insert("counts".into(), json!(counts));
     info.insert("cutoff".into(), json!(cutoff));
     info.insert("holdout".into(), json!(args.holdout.map(|h| h.to_string())));
-    info.insert("config".into(), serde_json::to_value(cfg).unwrap_or_default());
+    info.insert(
+        "config".into(),
+        serde_json::to_value(cfg).unwrap_or_default(),
+    );
     info.insert(
         "rankers".into(),
-        json!(report.specs.iter().map(|s| json!({"id": s.id, "arch": s.arch, "metrics": s.metrics})).collect::<Vec<_>>()),
+        json!(report
+            .specs
+            .iter()
+            .map(|s| json!({"id": s.id, "arch": s.arch, "metrics": s.metrics}))
+            .collect::<Vec<_>>()),
     );
     info.insert("ranker_correlation".into(), json!(report.correlation));
     if let Some(rep) = &eval {
@@ -298,23 +323,40 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
 
 fn write_artifacts(w: &BundleWriter, ds: &Dataset, stage: &Stage) -> Result<(), BuildError> {
     ds.catalog.save(&w.path("catalog.arrow")?)?;
-    let hist_len: Vec<u32> = (0..ds.n_users() as u32).map(|u| stage.hist.len(u) as u32).collect();
+    let hist_len: Vec<u32> = (0..ds.n_users() as u32)
+        .map(|u| stage.hist.len(u) as u32)
+        .collect();
     Table::new()
         .with("user_id", Column::U64(ds.user_ids.clone()))
         .with("history_len", Column::U32(hist_len))
         .write(&w.path("users.arrow")?)?;
     let d = stage.emb.dim;
     Table::new()
-        .with("vector", Column::F32Vec { dim: d, values: stage.emb.users.clone() })
+        .with(
+            "vector",
+            Column::F32Vec {
+                dim: d,
+                values: stage.emb.users.clone(),
+            },
+        )
         .meta("dim", d)
         .write(&w.path("embeddings/users.arrow")?)?;
     Table::new()
-        .with("vector", Column::F32Vec { dim: d, values: stage.emb.items.clone() })
+        .with(
+            "vector",
+            Column::F32Vec {
+                dim: d,
+                values: stage.emb.items.clone(),
+            },
+        )
         .meta("dim", d)
         .write(&w.path("embeddings/items.arrow")?)?;
     stage.ann_graph.save(&w.dir().join("ann"))?;
     stage.cf.neighbors().save(&w.path("cf/neighbors.arrow")?)?;
-    stage.content.index().save(&w.path("content/category_items.arrow")?)?;
+    stage
+        .content
+        .index()
+        .save(&w.path("content/category_items.arrow")?)?;
     Table::new()
         .with("prior", Column::F32(stage.prior.clone()))
         .write(&w.path("content/category_prior.arrow")?)?;
@@ -328,7 +370,8 @@ fn write_artifacts(w: &BundleWriter, ds: &Dataset, stage: &Stage) -> Result<(), 
 }
 
 fn write_batch(w: &BundleWriter, ds: &Dataset, recs: &batch::BatchRecs) -> Result<(), BuildError> {
-    let (mut users, mut ranks, mut items, mut scores) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut users, mut ranks, mut items, mut scores) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (&u, list) in recs.users.iter().zip(&recs.lists) {
         for (rank, &(i, s)) in list.iter().enumerate() {
             users.push(ds.user_ids[u as usize]);

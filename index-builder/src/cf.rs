@@ -91,7 +91,9 @@ pub fn build(n_items: usize, hist: &UserHistory, cfg: &CfConfig) -> CfNeighbors 
 fn top_k(it: impl Iterator<Item = ScoredItem>, k: usize) -> Vec<ScoredItem> {
     let mut v: Vec<ScoredItem> = it.collect();
     if v.len() > k {
-        v.select_nth_unstable_by(k, |a, b| b.score.total_cmp(&a.score).then(a.item.cmp(&b.item)));
+        v.select_nth_unstable_by(k, |a, b| {
+            b.score.total_cmp(&a.score).then(a.item.cmp(&b.item))
+        });
         v.truncate(k);
     }
     v.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.item.cmp(&b.item)));

@@ -144,27 +144,62 @@ impl BuildConfig {
         let cfg: BuildConfig = toml::from_str(&text).map_err(|e| {
             let line = e
                 .span()
-                .map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1)
+                .map(|s| {
+                    text.as_bytes()[..s.start.min(text.len())]
+                        .iter()
+                        .filter(|&&b| b == b'\n')
+                        .count()
+                        + 1
+                })
                 .map(|l| format!(":{l}"))
                 .unwrap_or_default();
             format!("{}{line}: {}", path.display(), e.message())
         })?;
-        cfg.validate().map_err(|m| format!("{}: {m}", path.display()))?;
+        cfg.validate()
+            .map_err(|m| format!("{}: {m}", path.display()))?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> Result<(), String> {
         let checks: [(bool, &str); 10] = [
-            (self.als.dim > 0 && self.als.dim <= 1024, "als.dim must be in 1..=1024"),
+            (
+                self.als.dim > 0 && self.als.dim <= 1024,
+                "als.dim must be in 1..=1024",
+            ),
             (self.als.iterations > 0, "als.iterations must be > 0"),
-            (self.als.regularization >= 0.0 && self.als.alpha > 0.0, "als.regularization must be >= 0 and als.alpha > 0"),
-            (self.hnsw.m >= 2 && self.hnsw.ef_construction >= self.hnsw.m && self.hnsw.ef_search > 0, "hnsw: m >= 2, ef_construction >= m, ef_search > 0"),
+            (
+                self.als.regularization >= 0.0 && self.als.alpha > 0.0,
+                "als.regularization must be >= 0 and als.alpha > 0",
+            ),
+            (
+                self.hnsw.m >= 2
+                    && self.hnsw.ef_construction >= self.hnsw.m
+                    && self.hnsw.ef_search > 0,
+                "hnsw: m >= 2, ef_construction >= m, ef_search > 0",
+            ),
             (self.cf.neighbors > 0, "cf.neighbors must be > 0"),
-            (self.merge.max_candidates > 0 && self.merge.multi_source_bonus >= 1.0, "merge.max_candidates > 0 and merge.multi_source_bonus >= 1"),
-            (self.rankers.label_fraction > 0.0 && self.rankers.label_fraction < 0.5, "rankers.label_fraction must be in (0, 0.5)"),
-            (self.rankers.validation_fraction > 0.0 && self.rankers.validation_fraction < 0.9, "rankers.validation_fraction must be in (0, 0.9)"),
-            (self.rankers.epochs > 0 && self.rankers.batch_size > 0 && self.rankers.learning_rate > 0.0, "rankers: epochs, batch_size and learning_rate must be > 0"),
-            (self.batch.k > 0 && self.publish.keep_versions > 0, "batch.k and publish.keep_versions must be > 0"),
+            (
+                self.merge.max_candidates > 0 && self.merge.multi_source_bonus >= 1.0,
+                "merge.max_candidates > 0 and merge.multi_source_bonus >= 1",
+            ),
+            (
+                self.rankers.label_fraction > 0.0 && self.rankers.label_fraction < 0.5,
+                "rankers.label_fraction must be in (0, 0.5)",
+            ),
+            (
+                self.rankers.validation_fraction > 0.0 && self.rankers.validation_fraction < 0.9,
+                "rankers.validation_fraction must be in (0, 0.9)",
+            ),
+            (
+                self.rankers.epochs > 0
+                    && self.rankers.batch_size > 0
+                    && self.rankers.learning_rate > 0.0,
+                "rankers: epochs, batch_size and learning_rate must be > 0",
+            ),
+            (
+                self.batch.k > 0 && self.publish.keep_versions > 0,
+                "batch.k and publish.keep_versions must be > 0",
+            ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, msg)) => Err(msg.to_string()),

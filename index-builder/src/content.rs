@@ -47,7 +47,12 @@ pub fn category_prior(catalog: &Catalog, hist: &UserHistory) -> Vec<f32> {
 }
 
 /// Preferences of every user: n_users × n_categories, row-major.
-pub fn user_preferences(catalog: &Catalog, hist: &UserHistory, prior: &[f32], cfg: &ContentConfig) -> Vec<f32> {
+pub fn user_preferences(
+    catalog: &Catalog,
+    hist: &UserHistory,
+    prior: &[f32],
+    cfg: &ContentConfig,
+) -> Vec<f32> {
     let n_c = prior.len();
     let mut out = vec![0f32; hist.n_users() * n_c];
     for u in 0..hist.n_users() {
@@ -72,7 +77,12 @@ pub fn user_preferences(catalog: &Catalog, hist: &UserHistory, prior: &[f32], cf
 
 /// Category → items by quality (log popularity scaled to [0, 1]); flagged items are left out.
 pub fn category_index(catalog: &Catalog, popularity: &[f32]) -> CategoryIndex {
-    let max = popularity.iter().copied().fold(0f32, f32::max).ln_1p().max(1e-6);
+    let max = popularity
+        .iter()
+        .copied()
+        .fold(0f32, f32::max)
+        .ln_1p()
+        .max(1e-6);
     let mut lists: Vec<Vec<ScoredItem>> = vec![Vec::new(); catalog.categories.len()];
     for (idx, item) in catalog.items.iter().enumerate() {
         if item.flagged {
@@ -80,7 +90,10 @@ pub fn category_index(catalog: &Catalog, popularity: &[f32]) -> CategoryIndex {
         }
         let q = popularity.get(idx).copied().unwrap_or(0.0).ln_1p() / max;
         for &c in &item.categories {
-            lists[c as usize].push(ScoredItem { item: idx as u32, score: q });
+            lists[c as usize].push(ScoredItem {
+                item: idx as u32,
+                score: q,
+            });
         }
     }
     CategoryIndex::from_lists(lists)

@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use funnel::catalog::{Catalog, Item};
+use funnel::features::{FeatureRegistry, FeatureValue};
 use funnel::{ItemIdx, UserIdx};
 
 use crate::ingest::{RawInteraction, RawItem};
@@ -54,8 +55,47 @@ pub fn resolve_weight(r: &RawInteraction) -> f32 {
     1.0
 }
 
+/// Catalog values for columns an input lacks, as feature-defs declare them for the item features.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogDefaults {
+    pub categories: Vec<String>,
+    pub creator_id: u64,
+    pub published_at: i64,
+    pub flagged: bool,
+    pub promoted: bool,
+}
+
+impl CatalogDefaults {
+    pub fn from_registry(reg: &FeatureRegistry) -> Self {
+        let d = |name: &str| reg.default_of(name);
+        Self {
+            categories: match d("categories") {
+                Some(FeatureValue::StringList(v)) => v.clone(),
+                _ => Vec::new(),
+            },
+            creator_id: d("creator_id")
+                .and_then(|v| v.as_i64())
+                .map(|v| v.max(0) as u64)
+                .unwrap_or(0),
+            published_at: match d("published_at") {
+                Some(FeatureValue::Timestamp(t)) | Some(FeatureValue::I64(t)) => *t,
+                _ => 0,
+            },
+            flagged: d("flagged").and_then(|v| v.as_bool()).unwrap_or(false),
+            promoted: d("promoted").and_then(|v| v.as_bool()).unwrap_or(false),
+        }
+    }
+}
+
 impl Dataset {
-    pub fn build(raw: Vec<RawInteraction>, items: Option<Vec<RawItem>>) -> Self {
+    /// Indexes the inputs. Columns an input lacks take `defaults`, except a missing publish time,
+    /// which becomes the item's first interaction (an item cannot be consumed before it exists;
+    /// that beats a constant for freshness) and the declared default only for items never seen.
+    pub fn build(
+        raw: Vec<RawInteraction>,
+        items: Option<Vec<RawItem>>,
+        defaults: &CatalogDefaults,
+    ) -> Self {
         // Item order: every catalog item and every interacted item, by id (deterministic).
         let mut meta: HashMap<u64, RawItem> = HashMap::new();
         for it in items.unwrap_or_default() {
@@ -69,6 +109,9 @@ impl Dataset {
             *e = (*e).min(r.timestamp);
         }
         let mut cat_names: BTreeSet<String> = BTreeSet::new();
+        for c in &defaults.categories {
+            cat_names.insert(c.clone());
+        }
         for it in meta.values() {
             for c in &it.categories {
                 if !c.is_empty() {
@@ -83,26 +126,33 @@ impl Dataset {
             .map(|(i, c)| (c.as_str(), i as u32))
             .collect();
         let mut items_without_metadata = 0;
+        let cat_ids = |names: &[String]| -> Vec<u32> {
+            let mut v: Vec<u32> = names
+                .iter()
+                .filter_map(|c| cat_index.get(c.as_str()).copied())
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
         let catalog_items: Vec<Item> = item_ids
             .iter()
             .map(|&id| match meta.get(&id) {
                 Some(m) => {
-                    let mut cats: Vec<u32> = m
-                        .categories
-                        .iter()
-                        .filter_map(|c| cat_index.get(c.as_str()).copied())
-                        .collect();
-                    cats.sort_unstable();
-                    cats.dedup();
+                    let cats = if m.categories.is_empty() {
+                        cat_ids(&defaults.categories)
+                    } else {
+                        cat_ids(&m.categories)
+                    };
                     Item {
                         id,
                         title: m.title.clone(),
                         categories: cats,
-                        creator_id: m.creator_id.unwrap_or(0),
+                        creator_id: m.creator_id.unwrap_or(defaults.creator_id),
                         published_at: m
                             .published_at
                             .or_else(|| first_seen.get(&id).copied())
-                            .unwrap_or(0),
+                            .unwrap_or(defaults.published_at),
                         flagged: m.policy_flag,
                         promoted: m.promoted,
                     }
@@ -112,11 +162,14 @@ impl Dataset {
                     Item {
                         id,
                         title: String::new(),
-                        categories: Vec::new(),
-                        creator_id: 0,
-                        published_at: first_seen.get(&id).copied().unwrap_or(0),
-                        flagged: false,
-                        promoted: false,
+                        categories: cat_ids(&defaults.categories),
+                        creator_id: defaults.creator_id,
+                        published_at: first_seen
+                            .get(&id)
+                            .copied()
+                            .unwrap_or(defaults.published_at),
+                        flagged: defaults.flagged,
+                        promoted: defaults.promoted,
                     }
                 }
             })

@@ -107,7 +107,8 @@ impl Csr {
 
 /// Aggregates repeated (user, item) events into one confidence weight each.
 fn aggregate(events: &[Event]) -> Vec<(u32, u32, f32)> {
-    let mut pairs: Vec<(u32, u32, f32)> = events.iter().map(|e| (e.user, e.item, e.weight)).collect();
+    let mut pairs: Vec<(u32, u32, f32)> =
+        events.iter().map(|e| (e.user, e.item, e.weight)).collect();
     pairs.par_sort_unstable_by_key(|p| (p.0, p.1));
     let mut out: Vec<(u32, u32, f32)> = Vec::with_capacity(pairs.len());
     for p in pairs {
@@ -133,8 +134,12 @@ pub fn train_als(
     let by_item = Csr::build(n_items, pairs.iter().map(|&(u, i, w)| (i, u, w)));
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0xA15);
     let scale = 0.1 / (d as f32).sqrt();
-    let mut users: Vec<f32> = (0..n_users * d).map(|_| rng.gen_range(-scale..scale)).collect();
-    let mut items: Vec<f32> = (0..n_items * d).map(|_| rng.gen_range(-scale..scale)).collect();
+    let mut users: Vec<f32> = (0..n_users * d)
+        .map(|_| rng.gen_range(-scale..scale))
+        .collect();
+    let mut items: Vec<f32> = (0..n_items * d)
+        .map(|_| rng.gen_range(-scale..scale))
+        .collect();
     for it in 0..cfg.iterations {
         solve_side(&mut users, &items, &by_user, d, cfg);
         solve_side(&mut items, &users, &by_item, d, cfg);
@@ -166,10 +171,13 @@ fn solve_side(x: &mut [f32], y: &[f32], r: &Csr, d: usize, cfg: &AlsConfig) {
                 g
             },
         )
-        .reduce(|| vec![0f64; d * d], |mut a, b| {
-            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-            a
-        });
+        .reduce(
+            || vec![0f64; d * d],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
     for a in 0..d {
         for b in 0..a {
             gram[a * d + b] = gram[b * d + a];
@@ -186,7 +194,7 @@ fn solve_side(x: &mut [f32], y: &[f32], r: &Csr, d: usize, cfg: &AlsConfig) {
         }
         let cols = &r.cols[a..b];
         let conf: Vec<f32> = r.vals[a..b].iter().map(|w| cfg.alpha * w).collect(); // c − 1
-        // A·v = gram·v + λv + Σ (c−1)(y·v) y
+                                                                                   // A·v = gram·v + λv + Σ (c−1)(y·v) y
         let apply = |v: &[f32], out: &mut [f32]| {
             for (i, o) in out.iter_mut().enumerate() {
                 let g = &gram[i * d..(i + 1) * d];
@@ -202,7 +210,9 @@ fn solve_side(x: &mut [f32], y: &[f32], r: &Csr, d: usize, cfg: &AlsConfig) {
         let mut rhs = vec![0f32; d];
         for (&c, &cm1) in cols.iter().zip(&conf) {
             let yv = &y[c as usize * d..(c as usize + 1) * d];
-            rhs.iter_mut().zip(yv).for_each(|(o, yy)| *o += (1.0 + cm1) * yy);
+            rhs.iter_mut()
+                .zip(yv)
+                .for_each(|(o, yy)| *o += (1.0 + cm1) * yy);
         }
         // Conjugate gradient from the current xu.
         let mut ax = vec![0f32; d];
@@ -225,7 +235,9 @@ fn solve_side(x: &mut [f32], y: &[f32], r: &Csr, d: usize, cfg: &AlsConfig) {
             res.iter_mut().zip(&ap).for_each(|(r, a)| *r -= alpha * a);
             let rs_new: f32 = res.iter().map(|v| v * v).sum();
             let beta = rs_new / rs_old;
-            p.iter_mut().zip(&res).for_each(|(pp, r)| *pp = r + beta * *pp);
+            p.iter_mut()
+                .zip(&res)
+                .for_each(|(pp, r)| *pp = r + beta * *pp);
             rs_old = rs_new;
         }
     });
@@ -243,13 +255,23 @@ mod tests {
             for i in 0..10u32 {
                 let item = if u < 20 { i } else { 10 + i };
                 if (u + i) % 3 != 0 {
-                    ev.push(Event { user: u, item, ts: 0, weight: 1.0 });
+                    ev.push(Event {
+                        user: u,
+                        item,
+                        ts: 0,
+                        weight: 1.0,
+                    });
                 }
             }
         }
-        let cfg = AlsConfig { dim: 8, iterations: 10, ..Default::default() };
+        let cfg = AlsConfig {
+            dim: 8,
+            iterations: 10,
+            ..Default::default()
+        };
         let e = train_als(40, 20, &ev, &cfg, |_, _| {});
-        let score = |u: u32, i: u32| -> f32 { e.user(u).iter().zip(e.item(i)).map(|(a, b)| a * b).sum() };
+        let score =
+            |u: u32, i: u32| -> f32 { e.user(u).iter().zip(e.item(i)).map(|(a, b)| a * b).sum() };
         // A held-out in-group item beats every out-of-group item.
         let (u, held) = (0u32, 0u32); // (0+0)%3==0 → held out
         for other in 10..20 {

@@ -44,8 +44,14 @@ fn metrics(list: &[ItemIdx], rel: &HashSet<ItemIdx>) -> [f64; 3] {
             dcg += 1.0 / ((pos + 2) as f64).log2();
         }
     }
-    let idcg: f64 = (0..rel.len().min(20)).map(|p| 1.0 / ((p + 2) as f64).log2()).sum();
-    [hits(20) / n_rel, if idcg > 0.0 { dcg / idcg } else { 0.0 }, hits(500) / n_rel]
+    let idcg: f64 = (0..rel.len().min(20))
+        .map(|p| 1.0 / ((p + 2) as f64).log2())
+        .sum();
+    [
+        hits(20) / n_rel,
+        if idcg > 0.0 { dcg / idcg } else { 0.0 },
+        hits(500) / n_rel,
+    ]
 }
 
 /// Evaluates `stage` (built on the training part) against `test` events. `max_users` bounds cost.
@@ -73,7 +79,9 @@ pub fn evaluate(
     // Deterministic subsample, spread over the id range.
     if users.len() > max_users {
         let step = users.len() as f64 / max_users as f64;
-        users = (0..max_users).map(|k| users[(k as f64 * step) as usize]).collect();
+        users = (0..max_users)
+            .map(|k| users[(k as f64 * step) as usize])
+            .collect();
     }
     let cold_users = users.iter().filter(|&&u| stage.hist.len(u) == 0).count();
     let by_pop = ranked_by(&stage.trending.popularity, ds);
@@ -82,7 +90,11 @@ pub fn evaluate(
         .iter()
         .map(|s| (format!("source:{}", s.name()), "source".to_string()))
         .chain([("merged".to_string(), "candidates".to_string())])
-        .chain(rankers.iter().map(|(id, _)| (format!("ranker:{id}"), "ranker".to_string())))
+        .chain(
+            rankers
+                .iter()
+                .map(|(id, _)| (format!("ranker:{id}"), "ranker".to_string())),
+        )
         .chain([
             ("baseline:popularity".to_string(), "baseline".to_string()),
             ("baseline:trending".to_string(), "baseline".to_string()),
@@ -108,14 +120,22 @@ pub fn evaluate(
                     Ok(scores) => {
                         let mut order: Vec<usize> = (0..r.merged.len()).collect();
                         order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-                        order.into_iter().map(|k| r.merged[k].item).collect::<Vec<_>>()
+                        order
+                            .into_iter()
+                            .map(|k| r.merged[k].item)
+                            .collect::<Vec<_>>()
                     }
                     Err(_) => merged.clone(),
                 };
                 out.push(metrics(&list, rel_u));
             }
             for base in [&by_pop, &by_trend] {
-                let list: Vec<ItemIdx> = base.iter().copied().filter(|i| !seen.contains(i)).take(500).collect();
+                let list: Vec<ItemIdx> = base
+                    .iter()
+                    .copied()
+                    .filter(|i| !seen.contains(i))
+                    .take(500)
+                    .collect();
                 out.push(metrics(&list, rel_u));
             }
             out
@@ -156,14 +176,19 @@ fn ranked_by(score: &[f32], ds: &Dataset) -> Vec<ItemIdx> {
     let mut v: Vec<ItemIdx> = (0..score.len() as u32)
         .filter(|&i| ds.catalog.get(i).is_some_and(|it| !it.flagged))
         .collect();
-    v.sort_by(|&a, &b| score[b as usize].total_cmp(&score[a as usize]).then(a.cmp(&b)));
+    v.sort_by(|&a, &b| {
+        score[b as usize]
+            .total_cmp(&score[a as usize])
+            .then(a.cmp(&b))
+    });
     v.truncate(600);
     v
 }
 
 impl EvalReport {
     pub fn table(&self) -> String {
-        let mut s = format!(
+        let mut s =
+            format!(
             "Offline evaluation — holdout {}, {} users ({} cold)\n{:<28} {:>10} {:>10} {:>11}\n",
             self.holdout, self.users, self.cold_users, "model", "Recall@20", "NDCG@20", "Recall@500"
         );

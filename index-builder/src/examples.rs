@@ -40,7 +40,13 @@ fn hash(u: u32, seed: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-pub fn build(ds: &Dataset, early: &Stage, labels: &[Event], cfg: &BuildConfig, seed: u64) -> Examples {
+pub fn build(
+    ds: &Dataset,
+    early: &Stage,
+    labels: &[Event],
+    cfg: &BuildConfig,
+    seed: u64,
+) -> Examples {
     let mut positives: Vec<Vec<u32>> = vec![Vec::new(); ds.n_users()];
     for e in labels {
         positives[e.user as usize].push(e.item);
@@ -65,7 +71,8 @@ pub fn build(ds: &Dataset, early: &Stage, labels: &[Event], cfg: &BuildConfig, s
             }
             if !is_valid {
                 // Train: every positive candidate plus a sample of negative ones.
-                let (p, mut n): (Vec<_>, Vec<_>) = cands.into_iter().partition(|c| pos.contains(&c.item));
+                let (p, mut n): (Vec<_>, Vec<_>) =
+                    cands.into_iter().partition(|c| pos.contains(&c.item));
                 let mut rng = rand::rngs::StdRng::seed_from_u64(hash(u, seed ^ 0x5eed));
                 n.shuffle(&mut rng);
                 n.truncate(cfg.rankers.negatives_per_user);

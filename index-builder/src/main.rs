@@ -16,7 +16,11 @@ use index_builder::split::Holdout;
 use index_builder::synth::{self, SynthConfig};
 
 #[derive(Parser)]
-#[command(name = "index-builder", version, about = "Funnel's nightly job: interaction logs → a versioned artifact bundle")]
+#[command(
+    name = "index-builder",
+    version,
+    about = "Funnel's nightly job: interaction logs → a versioned artifact bundle"
+)]
 struct Cli {
     /// Hide progress bars and step timings.
     #[arg(long, global = true)]
@@ -107,7 +111,16 @@ fn registry(dir: Option<&Path>) -> Result<FeatureRegistry> {
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
-        Cmd::Build { interactions, items, out, holdout, redis, config, feature_defs, seed } => {
+        Cmd::Build {
+            interactions,
+            items,
+            out,
+            holdout,
+            redis,
+            config,
+            feature_defs,
+            seed,
+        } => {
             let holdout = holdout
                 .map(|h| h.parse::<Holdout>())
                 .transpose()
@@ -130,13 +143,20 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             report(&outcome);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Synth { users, items, interactions, seed, out } => {
+        Cmd::Synth {
+            users,
+            items,
+            interactions,
+            seed,
+            out,
+        } => {
             if users == 0 || items == 0 || interactions == 0 {
                 bail!("--users, --items and --interactions must all be > 0");
             }
             let t = std::time::Instant::now();
             let data = synth::generate(&SynthConfig::new(users, items, interactions, seed));
-            let files = synth::write(&data, &out).with_context(|| format!("writing {}", out.display()))?;
+            let files =
+                synth::write(&data, &out).with_context(|| format!("writing {}", out.display()))?;
             println!(
                 "wrote {} interactions to {} and {} items to {} in {:.1}s",
                 data.interactions.len(),
@@ -150,13 +170,23 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Verify { dir } => {
             let rep = funnel::bundle::verify(&dir)?;
             if rep.ok() {
-                println!("{}: version {} OK ({} files checked)", rep.dir.display(), rep.version, rep.checked);
+                println!(
+                    "{}: version {} OK ({} files checked)",
+                    rep.dir.display(),
+                    rep.version,
+                    rep.checked
+                );
                 Ok(ExitCode::SUCCESS)
             } else {
                 for p in &rep.problems {
                     eprintln!("{}: {p}", rep.dir.display());
                 }
-                eprintln!("{}: version {} FAILED verification ({} problems)", rep.dir.display(), rep.version, rep.problems.len());
+                eprintln!(
+                    "{}: version {} FAILED verification ({} problems)",
+                    rep.dir.display(),
+                    rep.version,
+                    rep.problems.len()
+                );
                 Ok(ExitCode::FAILURE)
             }
         }
@@ -164,14 +194,24 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let dir = funnel::bundle::resolve_version_dir(&bundle)?;
             let path = dir.join("eval.json");
             if !path.is_file() {
-                bail!("{}: this bundle was built without --holdout, so it has no evaluation", dir.display());
+                bail!(
+                    "{}: this bundle was built without --holdout, so it has no evaluation",
+                    dir.display()
+                );
             }
-            let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-            let rep: EvalReport = serde_json::from_str(&text).with_context(|| format!("{}: invalid evaluation file", path.display()))?;
+            let text =
+                std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+            let rep: EvalReport = serde_json::from_str(&text)
+                .with_context(|| format!("{}: invalid evaluation file", path.display()))?;
             print!("{}", rep.table());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Demo { out, users, items, interactions } => {
+        Cmd::Demo {
+            out,
+            users,
+            items,
+            interactions,
+        } => {
             let data_dir = out.join("demo-data");
             let data = synth::generate(&SynthConfig::new(users, items, interactions, 42));
             let files = synth::write(&data, &data_dir)?;

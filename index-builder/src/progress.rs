@@ -61,7 +61,11 @@ impl Progress {
     }
 
     pub fn bar(&self, name: &str, len: u64) -> Step<'_> {
-        let bar = if self.quiet { ProgressBar::hidden() } else { ProgressBar::new(len) };
+        let bar = if self.quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(len)
+        };
         bar.set_style(
             ProgressStyle::with_template("  {msg:<48} [{bar:30}] {pos}/{len} {elapsed}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -78,7 +82,11 @@ impl Progress {
     }
 
     pub fn spinner(&self, name: &str) -> Step<'_> {
-        let bar = if self.quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+        let bar = if self.quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new_spinner()
+        };
         bar.set_message(name.to_string());
         bar.enable_steady_tick(Duration::from_millis(200));
         Step {
@@ -93,7 +101,11 @@ impl Progress {
     pub fn timings(&self) -> Vec<(String, f64)> {
         self.steps
             .lock()
-            .map(|s| s.iter().map(|(n, d)| (n.clone(), d.as_secs_f64())).collect())
+            .map(|s| {
+                s.iter()
+                    .map(|(n, d)| (n.clone(), d.as_secs_f64()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }

@@ -19,9 +19,9 @@ impl FromStr for Holdout {
         if s == "last" || s == "leave-last-out" {
             return Ok(Holdout::LeaveLastOut);
         }
-        let frac = s
-            .strip_prefix("temporal:")
-            .ok_or_else(|| format!("holdout {s:?}: expected temporal:FRACTION (e.g. temporal:0.2) or last"))?;
+        let frac = s.strip_prefix("temporal:").ok_or_else(|| {
+            format!("holdout {s:?}: expected temporal:FRACTION (e.g. temporal:0.2) or last")
+        })?;
         let f: f64 = frac
             .parse()
             .map_err(|_| format!("holdout {s:?}: {frac:?} is not a number"))?;
@@ -59,7 +59,11 @@ pub fn split(events: &[Event], holdout: Holdout, n_users: usize) -> Split {
             // Everything at or after the cutoff second is test, so no second is split in two.
             let train: Vec<Event> = events.iter().copied().filter(|e| e.ts < cutoff).collect();
             let test: Vec<Event> = events.iter().copied().filter(|e| e.ts >= cutoff).collect();
-            Split { train, test, cutoff }
+            Split {
+                train,
+                test,
+                cutoff,
+            }
         }
         Holdout::LeaveLastOut => {
             let mut count = vec![0u32; n_users];
@@ -85,7 +89,11 @@ pub fn split(events: &[Event], holdout: Holdout, n_users: usize) -> Split {
                 }
             }
             let cutoff = events.last().map(|e| e.ts + 1).unwrap_or(0);
-            Split { train, test, cutoff }
+            Split {
+                train,
+                test,
+                cutoff,
+            }
         }
     }
 }
@@ -96,15 +104,26 @@ mod tests {
 
     #[test]
     fn parses_and_splits() {
-        assert_eq!("temporal:0.2".parse::<Holdout>().unwrap(), Holdout::Temporal(0.2));
+        assert_eq!(
+            "temporal:0.2".parse::<Holdout>().unwrap(),
+            Holdout::Temporal(0.2)
+        );
         assert!("temporal:2".parse::<Holdout>().is_err());
         assert!("random".parse::<Holdout>().is_err());
         let ev: Vec<Event> = (0..10)
-            .map(|i| Event { user: i % 2, item: i, ts: i as i64, weight: 1.0 })
+            .map(|i| Event {
+                user: i % 2,
+                item: i,
+                ts: i as i64,
+                weight: 1.0,
+            })
             .collect();
         let s = split(&ev, Holdout::Temporal(0.2), 2);
         assert_eq!((s.train.len(), s.test.len(), s.cutoff), (8, 2, 8));
         let s = split(&ev, Holdout::LeaveLastOut, 2);
-        assert_eq!(s.test.iter().map(|e| e.item).collect::<Vec<_>>(), vec![8, 9]);
+        assert_eq!(
+            s.test.iter().map(|e| e.item).collect::<Vec<_>>(),
+            vec![8, 9]
+        );
     }
 }

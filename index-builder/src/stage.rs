@@ -9,7 +9,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use funnel::merge::{merge, Candidate};
-use funnel::ranking::input::{encode_row, CandidateSignals, DeviceKind, ItemSignals, UserSignals, INPUT_DIM};
+use funnel::ranking::input::{
+    encode_row, CandidateSignals, DeviceKind, ItemSignals, UserSignals, INPUT_DIM,
+};
 use funnel::sources::ann::hnsw::FrozenHnsw;
 use funnel::sources::ann::AnnSource;
 use funnel::sources::cf::CfSource;
@@ -45,12 +47,24 @@ pub struct Stage {
 }
 
 impl Stage {
-    pub fn build(ds: &Dataset, events: &[Event], cutoff: i64, cfg: &BuildConfig, label: &str, progress: &Progress) -> Result<Self, String> {
+    pub fn build(
+        ds: &Dataset,
+        events: &[Event],
+        cutoff: i64,
+        cfg: &BuildConfig,
+        label: &str,
+        progress: &Progress,
+    ) -> Result<Self, String> {
         let (n_u, n_i) = (ds.n_users(), ds.n_items());
         let hist = UserHistory::new(n_u, events);
 
-        let bar = progress.bar(&format!("{label}: embeddings (ALS)"), cfg.als.iterations as u64);
-        let emb = train_als(n_u, n_i, events, &cfg.als, |i, _| bar.set_position(i as u64));
+        let bar = progress.bar(
+            &format!("{label}: embeddings (ALS)"),
+            cfg.als.iterations as u64,
+        );
+        let emb = train_als(n_u, n_i, events, &cfg.als, |i, _| {
+            bar.set_position(i as u64)
+        });
         bar.finish();
 
         let bar = progress.spinner(&format!("{label}: ANN index (hnsw_rs)"));
@@ -86,7 +100,9 @@ impl Stage {
 
     pub fn user_prefs(&self, u: UserIdx) -> &[f32] {
         let n = self.n_categories;
-        self.prefs.get(u as usize * n..(u as usize + 1) * n).unwrap_or(&[])
+        self.prefs
+            .get(u as usize * n..(u as usize + 1) * n)
+            .unwrap_or(&[])
     }
 
     /// Runs the four sources and the merge for a known user, exactly as the server would with the
@@ -95,7 +111,8 @@ impl Stage {
         let seen: HashSet<ItemIdx> = self.hist.items(u).iter().copied().collect();
         let recent = self.hist.recent_distinct(u, RECENT_ITEMS);
         let has_history = !recent.is_empty();
-        let allow = |i: ItemIdx| !seen.contains(&i) && ds.catalog.get(i).is_some_and(|it| !it.flagged);
+        let allow =
+            |i: ItemIdx| !seen.contains(&i) && ds.catalog.get(i).is_some_and(|it| !it.flagged);
         let q = RetrievalQuery {
             embedding: has_history.then(|| self.emb.user(u)),
             recent_items: &recent,
@@ -122,7 +139,11 @@ impl Stage {
         let recent_len = self.hist.len(u) as u32;
         let user = UserSignals {
             embedding: (recent_len > 0).then(|| self.emb.user(u)),
-            category_prefs: if recent_len > 0 { self.user_prefs(u) } else { &self.prior },
+            category_prefs: if recent_len > 0 {
+                self.user_prefs(u)
+            } else {
+                &self.prior
+            },
             history_len: recent_len,
             device: DeviceKind::Unknown,
             has_session: false,
@@ -130,13 +151,25 @@ impl Stage {
         let start = rows.len();
         rows.resize(start + cands.len() * INPUT_DIM, 0.0);
         for (c, out) in cands.iter().zip(rows[start..].chunks_mut(INPUT_DIM)) {
-            let Some(item) = ds.catalog.get(c.item) else { continue };
-            let pop = self.trending.popularity.get(c.item as usize).copied().unwrap_or(0.0);
+            let Some(item) = ds.catalog.get(c.item) else {
+                continue;
+            };
+            let pop = self
+                .trending
+                .popularity
+                .get(c.item as usize)
+                .copied()
+                .unwrap_or(0.0);
             let item_s = ItemSignals {
                 embedding: self.emb.item(c.item),
                 categories: &item.categories,
                 log_popularity: pop.ln_1p(),
-                trending: self.trending.score.get(c.item as usize).copied().unwrap_or(0.0),
+                trending: self
+                    .trending
+                    .score
+                    .get(c.item as usize)
+                    .copied()
+                    .unwrap_or(0.0),
                 age_days: ((self.cutoff - item.published_at) as f32 / 86_400.0).max(0.0),
                 promoted: item.promoted,
             };
@@ -154,4 +187,3 @@ pub struct Retrieved {
     pub per_source: Vec<(SourceId, Vec<ScoredItem>)>,
     pub merged: Vec<Candidate>,
 }
-

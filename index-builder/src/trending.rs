@@ -65,7 +65,8 @@ pub fn build(catalog: &Catalog, events: &[Event], cutoff: i64, cfg: &TrendingCon
         popularity[e.item as usize] += e.weight;
         let age = (cutoff - e.ts) as f64;
         if (0.0..horizon).contains(&age) {
-            velocity[e.item as usize] += e.weight as f64 * (-(age / half) * std::f64::consts::LN_2).exp();
+            velocity[e.item as usize] +=
+                e.weight as f64 * (-(age / half) * std::f64::consts::LN_2).exp();
         }
     }
     let score: Vec<f32> = catalog
@@ -86,7 +87,10 @@ pub fn build(catalog: &Catalog, events: &[Event], cutoff: i64, cfg: &TrendingCon
         .iter()
         .enumerate()
         .filter(|(_, &s)| s > 0.0)
-        .map(|(i, &s)| ScoredItem { item: i as u32, score: s })
+        .map(|(i, &s)| ScoredItem {
+            item: i as u32,
+            score: s,
+        })
         .collect();
     items.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.item.cmp(&b.item)));
     items.truncate(cfg.keep);

@@ -31,17 +31,24 @@ fn synth(dir: &Path, users: usize, items: usize, interactions: usize) -> (PathBu
     let d = dir.to_str().unwrap();
     ok(&[
         "synth",
-        "--users", &users.to_string(),
-        "--items", &items.to_string(),
-        "--interactions", &interactions.to_string(),
-        "--seed", "7",
-        "--out", d,
+        "--users",
+        &users.to_string(),
+        "--items",
+        &items.to_string(),
+        "--interactions",
+        &interactions.to_string(),
+        "--seed",
+        "7",
+        "--out",
+        d,
     ]);
     (dir.join("interactions.parquet"), dir.join("items.parquet"))
 }
 
 fn current(root: &Path) -> Option<String> {
-    std::fs::read_to_string(root.join("CURRENT")).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(root.join("CURRENT"))
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 fn versions(root: &Path) -> Vec<String> {
@@ -64,29 +71,57 @@ fn synthetic_build_publishes_verifies_and_evaluates() {
     let out = tmp.path().join("bundle");
     let stdout = ok(&[
         "build",
-        "--interactions", inter.to_str().unwrap(),
-        "--items", items.to_str().unwrap(),
-        "--out", out.to_str().unwrap(),
-        "--holdout", "temporal:0.2",
+        "--interactions",
+        inter.to_str().unwrap(),
+        "--items",
+        items.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--holdout",
+        "temporal:0.2",
     ]);
     assert!(stdout.contains("Recall@20"), "{stdout}");
     assert!(stdout.contains("Timing summary"), "{stdout}");
     let version = current(&out).expect("CURRENT written");
     let vdir = out.join(&version);
     for f in [
-        "manifest.json", "catalog.arrow", "users.arrow", "embeddings/items.arrow", "embeddings/users.arrow",
-        "ann/graph.arrow", "ann/vectors.arrow", "cf/neighbors.arrow", "content/category_items.arrow",
-        "trending.arrow", "popularity.arrow", "rankers.json", "batch_recs.arrow",
-        "features/online.arrow", "feature_stats.json", "eval.json",
+        "manifest.json",
+        "catalog.arrow",
+        "users.arrow",
+        "embeddings/items.arrow",
+        "embeddings/users.arrow",
+        "ann/graph.arrow",
+        "ann/vectors.arrow",
+        "cf/neighbors.arrow",
+        "content/category_items.arrow",
+        "trending.arrow",
+        "popularity.arrow",
+        "rankers.json",
+        "batch_recs.arrow",
+        "features/online.arrow",
+        "feature_stats.json",
+        "eval.json",
     ] {
         assert!(vdir.join(f).is_file(), "missing {f}");
     }
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(vdir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["version"], version.as_str());
-    assert!(manifest["files"]["catalog.arrow"]["sha256"].as_str().unwrap().len() == 64);
+    assert!(
+        manifest["files"]["catalog.arrow"]["sha256"]
+            .as_str()
+            .unwrap()
+            .len()
+            == 64
+    );
     assert!(manifest["inputs"].as_array().unwrap().len() == 2);
-    assert!(manifest["info"]["ranker_correlation"].as_array().unwrap().len() >= 3);
+    assert!(
+        manifest["info"]["ranker_correlation"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 3
+    );
 
     // The bundle loads through the engine's own readers.
     let catalog = funnel::catalog::Catalog::load(&vdir.join("catalog.arrow")).unwrap();
@@ -96,7 +131,15 @@ fn synthetic_build_publishes_verifies_and_evaluates() {
 
     assert!(ok(&["verify", out.to_str().unwrap()]).contains("OK"));
     let table = ok(&["eval", "--bundle", out.to_str().unwrap()]);
-    for row in ["source:ann", "source:cf", "source:content", "source:trending", "merged", "ranker:", "baseline:popularity"] {
+    for row in [
+        "source:ann",
+        "source:cf",
+        "source:content",
+        "source:trending",
+        "merged",
+        "ranker:",
+        "baseline:popularity",
+    ] {
         assert!(table.contains(row), "eval table lacks {row}:\n{table}");
     }
 
@@ -117,14 +160,34 @@ fn bad_input_fails_clearly_and_publishes_nothing() {
     let (inter, items) = synth(&tmp.path().join("data"), 200, 300, 8_000);
     let out = tmp.path().join("bundle");
     let o = out.to_str().unwrap();
-    ok(&["build", "--interactions", inter.to_str().unwrap(), "--items", items.to_str().unwrap(), "--out", o]);
+    ok(&[
+        "build",
+        "--interactions",
+        inter.to_str().unwrap(),
+        "--items",
+        items.to_str().unwrap(),
+        "--out",
+        o,
+    ]);
     let before = (current(&out), versions(&out));
 
     let cases: Vec<(&str, String, &str)> = vec![
-        ("bad_id.csv", "user_id,item_id,timestamp\n1,2,1700000000\n1,abc,1700000001\n".into(), ":3"),
-        ("missing_col.csv", "user_id,timestamp\n1,1700000000\n".into(), "item_id"),
+        (
+            "bad_id.csv",
+            "user_id,item_id,timestamp\n1,2,1700000000\n1,abc,1700000001\n".into(),
+            ":3",
+        ),
+        (
+            "missing_col.csv",
+            "user_id,timestamp\n1,1700000000\n".into(),
+            "item_id",
+        ),
         ("empty.csv", String::new(), "empty.csv"),
-        ("future.csv", "user_id,item_id,timestamp\n1,2,99999999999\n".into(), ":2"),
+        (
+            "future.csv",
+            "user_id,item_id,timestamp\n1,2,99999999999\n".into(),
+            ":2",
+        ),
     ];
     for (name, content, must_contain) in cases {
         let p = tmp.path().join(name);
@@ -132,21 +195,42 @@ fn bad_input_fails_clearly_and_publishes_nothing() {
         let r = run(&["build", "--interactions", p.to_str().unwrap(), "--out", o]);
         let err = String::from_utf8_lossy(&r.stderr);
         assert!(!r.status.success(), "{name} should fail");
-        assert!(err.contains(name) && err.contains(must_contain), "{name}: unclear error: {err}");
-        assert_eq!((current(&out), versions(&out)), before, "{name} changed the bundle root");
+        assert!(
+            err.contains(name) && err.contains(must_contain),
+            "{name}: unclear error: {err}"
+        );
+        assert_eq!(
+            (current(&out), versions(&out)),
+            before,
+            "{name} changed the bundle root"
+        );
     }
     // Truncated Parquet.
     let bytes = std::fs::read(&inter).unwrap();
     let trunc = tmp.path().join("trunc.parquet");
     std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
-    let r = run(&["build", "--interactions", trunc.to_str().unwrap(), "--out", o]);
+    let r = run(&[
+        "build",
+        "--interactions",
+        trunc.to_str().unwrap(),
+        "--out",
+        o,
+    ]);
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("trunc.parquet"));
     assert_eq!((current(&out), versions(&out)), before);
     // A bad config names the file and line.
     let cfg = tmp.path().join("bad.toml");
     std::fs::write(&cfg, "[als]\ndim = 64\nbogus = 1\n").unwrap();
-    let r = run(&["build", "--interactions", inter.to_str().unwrap(), "--out", o, "--config", cfg.to_str().unwrap()]);
+    let r = run(&[
+        "build",
+        "--interactions",
+        inter.to_str().unwrap(),
+        "--out",
+        o,
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success() && err.contains("bad.toml:3"), "{err}");
 }
@@ -157,7 +241,15 @@ fn killed_build_never_changes_current() {
     let (inter, items) = synth(&tmp.path().join("data"), 300, 500, 15_000);
     let out = tmp.path().join("bundle");
     let o = out.to_str().unwrap();
-    let args = ["build", "--interactions", inter.to_str().unwrap(), "--items", items.to_str().unwrap(), "--out", o];
+    let args = [
+        "build",
+        "--interactions",
+        inter.to_str().unwrap(),
+        "--items",
+        items.to_str().unwrap(),
+        "--out",
+        o,
+    ];
     ok(&args);
     let before = (current(&out), versions(&out));
     assert_eq!(before.1.len(), 1);
@@ -190,7 +282,11 @@ fn killed_build_never_changes_current() {
     assert!(saw_tmp, "the build never started writing");
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert_eq!((current(&out), versions(&out)), before, "a killed build changed the bundle root");
+    assert_eq!(
+        (current(&out), versions(&out)),
+        before,
+        "a killed build changed the bundle root"
+    );
     assert!(ok(&["verify", o]).contains("OK"));
 
     // The next build succeeds and cleans up the dead build's temp dir.
@@ -217,20 +313,38 @@ fn movielens_100k_builds_with_holdout() {
     let out = tmp.path().join("artifacts");
     let stdout = ok(&[
         "build",
-        "--interactions", dir.join("ml-100k.inter").to_str().unwrap(),
-        "--items", dir.join("ml-100k.item").to_str().unwrap(),
-        "--out", out.to_str().unwrap(),
-        "--holdout", "temporal:0.2",
+        "--interactions",
+        dir.join("ml-100k.inter").to_str().unwrap(),
+        "--items",
+        dir.join("ml-100k.item").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--holdout",
+        "temporal:0.2",
     ]);
     let vdir = out.join(current(&out).unwrap());
-    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(vdir.join("eval.json")).unwrap()).unwrap();
+    let eval: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(vdir.join("eval.json")).unwrap()).unwrap();
     let rows = eval["rows"].as_array().unwrap();
-    let get = |name: &str| rows.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("{name}: {stdout}"))["ndcg_at_20"].as_f64().unwrap();
+    let get = |name: &str| {
+        rows.iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("{name}: {stdout}"))["ndcg_at_20"]
+            .as_f64()
+            .unwrap()
+    };
     let pop = get("baseline:popularity");
     assert!(pop > 0.0);
     // Candidates cover far more of the holdout than any 20-item list can.
-    let merged_r500 = rows.iter().find(|r| r["name"] == "merged").unwrap()["recall_at_500"].as_f64().unwrap();
-    let pop_r20 = rows.iter().find(|r| r["name"] == "baseline:popularity").unwrap()["recall_at_20"].as_f64().unwrap();
+    let merged_r500 = rows.iter().find(|r| r["name"] == "merged").unwrap()["recall_at_500"]
+        .as_f64()
+        .unwrap();
+    let pop_r20 = rows
+        .iter()
+        .find(|r| r["name"] == "baseline:popularity")
+        .unwrap()["recall_at_20"]
+        .as_f64()
+        .unwrap();
     assert!(merged_r500 > pop_r20, "{stdout}");
     let catalog = funnel::catalog::Catalog::load(&vdir.join("catalog.arrow")).unwrap();
     assert_eq!(catalog.len(), 1682);
@@ -246,19 +360,29 @@ fn build_pushes_version_tagged_features_to_redis() {
     let url = redis.url();
     ok(&[
         "build",
-        "--interactions", inter.to_str().unwrap(),
-        "--items", items.to_str().unwrap(),
-        "--out", out.to_str().unwrap(),
-        "--redis", &url,
+        "--interactions",
+        inter.to_str().unwrap(),
+        "--items",
+        items.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--redis",
+        &url,
     ]);
     let version = current(&out).unwrap();
     let mut conn = redis.conn();
-    let live: String = redis::cmd("GET").arg("funnel:current_version").query(&mut conn).unwrap();
+    let live: String = redis::cmd("GET")
+        .arg("funnel:current_version")
+        .query(&mut conn)
+        .unwrap();
     assert_eq!(live, version);
     // Every item has a hash under this version's keys, with a TTL.
     let key = format!("funnel:{version}:i:1");
     let fields: Vec<String> = redis::cmd("HKEYS").arg(&key).query(&mut conn).unwrap();
-    assert!(fields.iter().any(|f| f == "popularity"), "{key}: {fields:?}");
+    assert!(
+        fields.iter().any(|f| f == "popularity"),
+        "{key}: {fields:?}"
+    );
     let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut conn).unwrap();
     assert!(ttl > 0);
 
@@ -268,9 +392,12 @@ fn build_pushes_version_tagged_features_to_redis() {
     drop(redis);
     let r = run(&[
         "build",
-        "--interactions", inter.to_str().unwrap(),
-        "--out", out.to_str().unwrap(),
-        "--redis", &dead,
+        "--interactions",
+        inter.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--redis",
+        &dead,
     ]);
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("redis"));

@@ -52,21 +52,37 @@ impl Bundle {
         let catalog = Catalog::load(&dir.join("catalog.arrow"))?;
         let upath = dir.join("users.arrow");
         let mut users = Table::read(&upath)?;
-        let user_ids = users.take_u64("user_id").map_err(|m| BundleError::format(&upath, m))?;
-        let user_index = user_ids.iter().enumerate().map(|(i, &u)| (u, i as UserIdx)).collect();
+        let user_ids = users
+            .take_u64("user_id")
+            .map_err(|m| BundleError::format(&upath, m))?;
+        let user_index = user_ids
+            .iter()
+            .enumerate()
+            .map(|(i, &u)| (u, i as UserIdx))
+            .collect();
         let epath = dir.join("embeddings/items.arrow");
         let (dim, item_embeddings) = Table::read(&epath)?
             .take_f32vec("vector")
             .map_err(|m| BundleError::format(&epath, m))?;
         if item_embeddings.len() != catalog.len() * dim {
-            return Err(BundleError::format(&epath, "one embedding per catalog item expected"));
+            return Err(BundleError::format(
+                &epath,
+                "one embedding per catalog item expected",
+            ));
         }
         let ppath = dir.join("popularity.arrow");
         let mut pop = Table::read(&ppath)?;
-        let popularity = pop.take_f32("popularity").map_err(|m| BundleError::format(&ppath, m))?;
-        let trending_score = pop.take_f32("trending").map_err(|m| BundleError::format(&ppath, m))?;
+        let popularity = pop
+            .take_f32("popularity")
+            .map_err(|m| BundleError::format(&ppath, m))?;
+        let trending_score = pop
+            .take_f32("trending")
+            .map_err(|m| BundleError::format(&ppath, m))?;
         if popularity.len() != catalog.len() || trending_score.len() != catalog.len() {
-            return Err(BundleError::format(&ppath, "one row per catalog item expected"));
+            return Err(BundleError::format(
+                &ppath,
+                "one row per catalog item expected",
+            ));
         }
 
         let mut problems = Vec::new();
@@ -96,7 +112,10 @@ impl Bundle {
             .map_err(|e| note("trending", e.to_string()))
             .ok();
         let category_prior = Table::read(&dir.join("content/category_prior.arrow"))
-            .and_then(|mut t| t.take_f32("prior").map_err(|m| BundleError::format(&dir, m)))
+            .and_then(|mut t| {
+                t.take_f32("prior")
+                    .map_err(|m| BundleError::format(&dir, m))
+            })
             .map_err(|e| note("category_prior", e.to_string()))
             .unwrap_or_default();
         let (rankers, rankers_manifest) = match load_rankers(&dir) {

@@ -71,13 +71,19 @@ pub fn resolve_version_dir(path: &Path) -> Result<PathBuf, BundleError> {
         Err(e) => return Err(BundleError::io(current, e)),
     };
     if name.is_empty() || name.contains('/') || name.contains("..") {
-        return Err(BundleError::format(current, format!("invalid version name {name:?}")));
+        return Err(BundleError::format(
+            current,
+            format!("invalid version name {name:?}"),
+        ));
     }
     let dir = path.join(&name);
     if !dir.join(MANIFEST).is_file() {
         return Err(BundleError::format(
             current,
-            format!("CURRENT names {name:?} but {} has no manifest", dir.display()),
+            format!(
+                "CURRENT names {name:?} but {} has no manifest",
+                dir.display()
+            ),
         ));
     }
     Ok(dir)

@@ -95,7 +95,10 @@ impl BundleWriter {
         let final_dir = self.root.join(&self.version);
         std::fs::rename(&self.tmp, &final_dir).map_err(|e| BundleError::io(&final_dir, e))?;
         fsync_path(&self.root)?;
-        write_atomic(&self.root.join(CURRENT), format!("{}\n", self.version).as_bytes())?;
+        write_atomic(
+            &self.root.join(CURRENT),
+            format!("{}\n", self.version).as_bytes(),
+        )?;
         self.published = true;
         prune(&self.root, &self.version, keep.max(1));
         Ok((final_dir, manifest))
@@ -203,6 +206,5 @@ fn prune(root: &Path, current: &str, keep: usize) {
 pub fn new_version_name() -> String {
     let now = chrono::Utc::now();
     let suffix: u32 = rand::random();
-    format!("{}-{:08x}", now.format("%Y%m%dT%H%M%S%.3fZ"), suffix)
-        .replace('.', "")
+    format!("{}-{:08x}", now.format("%Y%m%dT%H%M%S%.3fZ"), suffix).replace('.', "")
 }

@@ -28,7 +28,10 @@ pub enum Column {
     Bool(Vec<bool>),
     Utf8(Vec<String>),
     /// Fixed-width f32 vectors, row-major (`values.len() == rows * dim`).
-    F32Vec { dim: usize, values: Vec<f32> },
+    F32Vec {
+        dim: usize,
+        values: Vec<f32>,
+    },
 }
 
 impl Column {
@@ -143,8 +146,9 @@ impl Table {
     /// Reads a table written by [`Table::write`] (all batches concatenated).
     pub fn read(path: &Path) -> Result<Table, BundleError> {
         let file = File::open(path).map_err(|e| BundleError::io(path, e))?;
-        let reader = FileReader::try_new(BufReader::new(file), None)
-            .map_err(|e| BundleError::format(path, format!("not a readable Arrow IPC file: {e}")))?;
+        let reader = FileReader::try_new(BufReader::new(file), None).map_err(|e| {
+            BundleError::format(path, format!("not a readable Arrow IPC file: {e}"))
+        })?;
         let schema = reader.schema();
         let mut columns: Vec<(String, Column)> = schema
             .fields()
@@ -235,7 +239,10 @@ impl Table {
     pub fn take_f32vec(&mut self, name: &str) -> Result<(usize, Vec<f32>), String> {
         match self.take(name)? {
             Column::F32Vec { dim, values } => Ok((dim, values)),
-            c => Err(format!("column {name} is {}, expected f32 vector", c.type_name())),
+            c => Err(format!(
+                "column {name} is {}, expected f32 vector",
+                c.type_name()
+            )),
         }
     }
 
@@ -263,7 +270,11 @@ fn append(col: &mut Column, arr: &dyn Array) -> Result<(), String> {
         Column::I64(v) => v.extend_from_slice(down::<Int64Array>(arr)?.values()),
         Column::F32(v) => v.extend_from_slice(down::<Float32Array>(arr)?.values()),
         Column::Bool(v) => v.extend(down::<BooleanArray>(arr)?.values().iter()),
-        Column::Utf8(v) => v.extend(down::<StringArray>(arr)?.iter().map(|s| s.unwrap_or("").to_string())),
+        Column::Utf8(v) => v.extend(
+            down::<StringArray>(arr)?
+                .iter()
+                .map(|s| s.unwrap_or("").to_string()),
+        ),
         Column::F32Vec { dim, values } => {
             let list = down::<FixedSizeListArray>(arr)?;
             if list.value_length().max(0) as usize != *dim {
@@ -297,7 +308,13 @@ mod tests {
             .with("d", Column::F32(vec![0.5, -0.5, 1e9]))
             .with("e", Column::Bool(vec![true, false, true]))
             .with("f", Column::Utf8(vec!["x".into(), "".into(), "ü".into()]))
-            .with("g", Column::F32Vec { dim: 2, values: vec![1., 2., 3., 4., 5., 6.] })
+            .with(
+                "g",
+                Column::F32Vec {
+                    dim: 2,
+                    values: vec![1., 2., 3., 4., 5., 6.],
+                },
+            )
             .meta("rows", 3);
         t.write(&p).unwrap();
         let mut r = Table::read(&p).unwrap();
@@ -308,7 +325,10 @@ mod tests {
         assert_eq!(r.take_f32("d").unwrap(), vec![0.5, -0.5, 1e9]);
         assert_eq!(r.take_bool("e").unwrap(), vec![true, false, true]);
         assert_eq!(r.take_utf8("f").unwrap(), vec!["x", "", "ü"]);
-        assert_eq!(r.take_f32vec("g").unwrap(), (2, vec![1., 2., 3., 4., 5., 6.]));
+        assert_eq!(
+            r.take_f32vec("g").unwrap(),
+            (2, vec![1., 2., 3., 4., 5., 6.])
+        );
         assert!(r.take_u32("zz").is_err());
     }
 
@@ -316,7 +336,10 @@ mod tests {
     fn corrupt_file_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.arrow");
-        Table::new().with("a", Column::U32((0..1000).collect())).write(&p).unwrap();
+        Table::new()
+            .with("a", Column::U32((0..1000).collect()))
+            .write(&p)
+            .unwrap();
         let bytes = std::fs::read(&p).unwrap();
         for cut in [0, 8, bytes.len() / 2, bytes.len() - 4] {
             std::fs::write(&p, &bytes[..cut]).unwrap();

@@ -118,7 +118,11 @@ impl CandidateSource for CfSource {
         SourceId::Cf
     }
 
-    fn retrieve(&self, q: &RetrievalQuery<'_>, quota: usize) -> Result<Vec<ScoredItem>, SourceError> {
+    fn retrieve(
+        &self,
+        q: &RetrievalQuery<'_>,
+        quota: usize,
+    ) -> Result<Vec<ScoredItem>, SourceError> {
         let mut acc: HashMap<ItemIdx, f32> = HashMap::new();
         let mut w = 1.0f32;
         for &seed in q.recent_items.iter().take(MAX_SEEDS) {
@@ -130,7 +134,8 @@ impl CandidateSource for CfSource {
             w *= RECENCY_DECAY;
         }
         Ok(top_k(
-            acc.into_iter().map(|(item, score)| ScoredItem { item, score }),
+            acc.into_iter()
+                .map(|(item, score)| ScoredItem { item, score }),
             quota,
         ))
     }

@@ -6,7 +6,6 @@ use std::path::Path;
 use super::{top_k, CandidateSource, RetrievalQuery, ScoredItem, SourceError, SourceId};
 use crate::bundle::{BundleError, Column, Table};
 
-
 /// How many of the user's top categories are searched.
 const TOP_CATEGORIES: usize = 6;
 
@@ -104,7 +103,11 @@ impl CandidateSource for ContentSource {
         SourceId::Content
     }
 
-    fn retrieve(&self, q: &RetrievalQuery<'_>, quota: usize) -> Result<Vec<ScoredItem>, SourceError> {
+    fn retrieve(
+        &self,
+        q: &RetrievalQuery<'_>,
+        quota: usize,
+    ) -> Result<Vec<ScoredItem>, SourceError> {
         let mut cats: Vec<(usize, f32)> = q
             .category_prefs
             .iter()
@@ -138,4 +141,3 @@ impl CandidateSource for ContentSource {
         Ok(top_k(found.into_iter(), quota))
     }
 }
-

@@ -116,7 +116,11 @@ pub enum SourceError {
 pub trait CandidateSource: Send + Sync {
     fn id(&self) -> SourceId;
     /// Up to `quota` allowed items, best first.
-    fn retrieve(&self, query: &RetrievalQuery<'_>, quota: usize) -> Result<Vec<ScoredItem>, SourceError>;
+    fn retrieve(
+        &self,
+        query: &RetrievalQuery<'_>,
+        quota: usize,
+    ) -> Result<Vec<ScoredItem>, SourceError>;
 }
 
 /// Keeps the `k` best-scored items from an iterator (ties broken by lower index), best first.
@@ -127,7 +131,8 @@ pub(crate) fn top_k(items: impl Iterator<Item = ScoredItem>, k: usize) -> Vec<Sc
         return Vec::new();
     }
     // Min-heap on (score, Reverse(idx)) so the worst kept element is on top.
-    let mut heap: BinaryHeap<Reverse<(OrdF32, Reverse<ItemIdx>)>> = BinaryHeap::with_capacity(k + 1);
+    let mut heap: BinaryHeap<Reverse<(OrdF32, Reverse<ItemIdx>)>> =
+        BinaryHeap::with_capacity(k + 1);
     for it in items {
         let key = Reverse((OrdF32(it.score), Reverse(it.item)));
         if heap.len() < k {
@@ -141,7 +146,10 @@ pub(crate) fn top_k(items: impl Iterator<Item = ScoredItem>, k: usize) -> Vec<Sc
     }
     let mut out: Vec<ScoredItem> = heap
         .into_iter()
-        .map(|Reverse((s, Reverse(i)))| ScoredItem { item: i, score: s.0 })
+        .map(|Reverse((s, Reverse(i)))| ScoredItem {
+            item: i,
+            score: s.0,
+        })
         .collect();
     out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.item.cmp(&b.item)));
     out
@@ -158,8 +166,16 @@ impl PartialOrd for OrdF32 {
 }
 impl Ord for OrdF32 {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        let a = if self.0.is_nan() { f32::NEG_INFINITY } else { self.0 };
-        let b = if other.0.is_nan() { f32::NEG_INFINITY } else { other.0 };
+        let a = if self.0.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            self.0
+        };
+        let b = if other.0.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            other.0
+        };
         a.total_cmp(&b)
     }
 }

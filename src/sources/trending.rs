@@ -25,8 +25,14 @@ impl TrendingList {
 
     pub fn save(&self, path: &Path) -> Result<(), BundleError> {
         Table::new()
-            .with("item", Column::U32(self.items.iter().map(|s| s.item).collect()))
-            .with("score", Column::F32(self.items.iter().map(|s| s.score).collect()))
+            .with(
+                "item",
+                Column::U32(self.items.iter().map(|s| s.item).collect()),
+            )
+            .with(
+                "score",
+                Column::F32(self.items.iter().map(|s| s.score).collect()),
+            )
             .write(path)
     }
 
@@ -67,7 +73,11 @@ impl CandidateSource for TrendingSource {
         SourceId::Trending
     }
 
-    fn retrieve(&self, q: &RetrievalQuery<'_>, quota: usize) -> Result<Vec<ScoredItem>, SourceError> {
+    fn retrieve(
+        &self,
+        q: &RetrievalQuery<'_>,
+        quota: usize,
+    ) -> Result<Vec<ScoredItem>, SourceError> {
         Ok(self
             .list
             .items

@@ -103,4 +103,3 @@ fn spawn_redis(port: u16, dir: &std::path::Path) -> Option<Child> {
     let _ = child.wait();
     None
 }
-

@@ -10,7 +10,8 @@ use super::{Dense, NetConfig};
 
 /// Default deep tower widths.
 pub const DEFAULT_HIDDEN: [usize; 2] = [128, 64];
-/// Default number of cross layers (degree-4 crosses).
+/// Default number of cross layers (crosses up to degree 3): on the synthetic 300K benchmark a
+/// third layer made CPU training markedly slower with no validation gain.
 pub const DEFAULT_CROSS_LAYERS: usize = 2;
 /// Default rank of each cross layer's weight matrix.
 pub const DEFAULT_CROSS_RANK: usize = 32;

@@ -132,7 +132,10 @@ impl FrozenHnsw {
     /// normalised here), then freezes it.
     pub fn build(mut vectors: Vec<f32>, dim: usize, params: HnswParams) -> Result<Self, String> {
         if dim == 0 || !vectors.len().is_multiple_of(dim) {
-            return Err(format!("{} values do not form rows of width {dim}", vectors.len()));
+            return Err(format!(
+                "{} values do not form rows of width {dim}",
+                vectors.len()
+            ));
         }
         let n = vectors.len() / dim;
         if n == 0 {
@@ -165,7 +168,11 @@ impl FrozenHnsw {
             }
         };
         let hnsw: Hnsw<f32, UnitDot> = Hnsw::new(params.m, n, 16, params.ef_construction, UnitDot);
-        let data: Vec<(&[f32], usize)> = vectors.chunks(dim).enumerate().map(|(i, v)| (v, i)).collect();
+        let data: Vec<(&[f32], usize)> = vectors
+            .chunks(dim)
+            .enumerate()
+            .map(|(i, v)| (v, i))
+            .collect();
         hnsw.parallel_insert_slice(&data);
         let mut g = Self::freeze(&hnsw, vectors, dim, params)?;
         g.query_dim = query_dim;
@@ -292,7 +299,11 @@ impl FrozenHnsw {
         for (l, layer) in self.layers.iter().enumerate() {
             let count = if l == 0 { self.n } else { layer.members.len() };
             for pos in 0..count {
-                let node = if l == 0 { pos as u32 } else { layer.members[pos] };
+                let node = if l == 0 {
+                    pos as u32
+                } else {
+                    layer.members[pos]
+                };
                 let nb = layer.neighbors_of(node);
                 // A membership row (neighbor = u32::MAX) keeps isolated upper-layer nodes.
                 ls.push(l as u32);
@@ -355,7 +366,10 @@ impl FrozenHnsw {
             Metric::Cosine => query_dim,
         };
         if expected_width != dim {
-            return Err(bad(&gpath, format!("{metric:?} index of width {dim} cannot take {query_dim}-wide queries")));
+            return Err(bad(
+                &gpath,
+                format!("{metric:?} index of width {dim} cannot take {query_dim}-wide queries"),
+            ));
         }
         let layer = g.take_u32("layer").map_err(|m| bad(&gpath, m))?;
         let node = g.take_u32("node").map_err(|m| bad(&gpath, m))?;
@@ -363,10 +377,19 @@ impl FrozenHnsw {
         let mut v = Table::read(&vpath)?;
         let (vdim, vectors) = v.take_f32vec("vector").map_err(|m| bad(&vpath, m))?;
         if vdim != dim || vectors.len() != n * dim || n == 0 || levels == 0 || levels > 64 {
-            return Err(bad(&vpath, format!("vectors ({vdim} wide, {} values) do not match graph (n {n}, dim {dim})", vectors.len())));
+            return Err(bad(
+                &vpath,
+                format!(
+                    "vectors ({vdim} wide, {} values) do not match graph (n {n}, dim {dim})",
+                    vectors.len()
+                ),
+            ));
         }
         if entry >= n || vectors.iter().any(|x| !x.is_finite()) {
-            return Err(bad(&gpath, "entry point out of range or non-finite vectors".into()));
+            return Err(bad(
+                &gpath,
+                "entry point out of range or non-finite vectors".into(),
+            ));
         }
         let mut edges: Vec<Vec<(u32, u32)>> = vec![Vec::new(); levels];
         for ((&l, &a), &b) in layer.iter().zip(&node).zip(&neighbor) {
@@ -425,7 +448,12 @@ impl AnnIndex for FrozenHnsw {
         "hnsw"
     }
 
-    fn search(&self, query: &[f32], k: usize, allow: &(dyn Fn(ItemIdx) -> bool + Sync)) -> Vec<ScoredItem> {
+    fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        allow: &(dyn Fn(ItemIdx) -> bool + Sync),
+    ) -> Vec<ScoredItem> {
         if k == 0 || query.len() != self.query_dim || self.n == 0 {
             return Vec::new();
         }
@@ -538,7 +566,10 @@ mod tests {
     fn recall_case(metric: Metric) {
         let (n, dim) = (3000, 16);
         let data = clustered(n, dim, 7);
-        let params = HnswParams { metric, ..HnswParams::default() };
+        let params = HnswParams {
+            metric,
+            ..HnswParams::default()
+        };
         let idx = FrozenHnsw::build(data.clone(), dim, params).unwrap();
         let dir = tempfile::tempdir().unwrap();
         idx.save(dir.path()).unwrap();
@@ -548,8 +579,11 @@ mod tests {
         let k = 20;
         for q in 0..50 {
             let query = &data[q * dim..(q + 1) * dim];
-            let truth: std::collections::HashSet<u32> =
-                idx.exact_search(query, k).into_iter().map(|s| s.item).collect();
+            let truth: std::collections::HashSet<u32> = idx
+                .exact_search(query, k)
+                .into_iter()
+                .map(|s| s.item)
+                .collect();
             let got = loaded.search(query, k, &allow_all);
             assert_eq!(got, idx.search(query, k, &allow_all));
             hits += got.iter().filter(|s| truth.contains(&s.item)).count();
@@ -565,9 +599,14 @@ mod tests {
         let idx = FrozenHnsw::build(data.clone(), dim, HnswParams::default()).unwrap();
         let q = &data[0..dim];
         let got = idx.exact_search(q, 10);
-        let mut want: Vec<(f32, u32)> = (0..n).map(|i| (dot(q, &data[i * dim..(i + 1) * dim]), i as u32)).collect();
+        let mut want: Vec<(f32, u32)> = (0..n)
+            .map(|i| (dot(q, &data[i * dim..(i + 1) * dim]), i as u32))
+            .collect();
         want.sort_by(|a, b| b.0.total_cmp(&a.0));
-        assert_eq!(got.iter().map(|s| s.item).collect::<Vec<_>>(), want[..10].iter().map(|w| w.1).collect::<Vec<_>>());
+        assert_eq!(
+            got.iter().map(|s| s.item).collect::<Vec<_>>(),
+            want[..10].iter().map(|w| w.1).collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -591,12 +630,15 @@ mod tests {
         let node = t.take_u32("node").unwrap();
         let mut nb = t.take_u32("neighbor").unwrap();
         nb[3] = 10_000;
-        Table { columns: vec![], metadata: t.metadata.clone() }
-            .with("layer", Column::U32(layer))
-            .with("node", Column::U32(node))
-            .with("neighbor", Column::U32(nb))
-            .write(&dir.path().join("graph.arrow"))
-            .unwrap();
+        Table {
+            columns: vec![],
+            metadata: t.metadata.clone(),
+        }
+        .with("layer", Column::U32(layer))
+        .with("node", Column::U32(node))
+        .with("neighbor", Column::U32(nb))
+        .write(&dir.path().join("graph.arrow"))
+        .unwrap();
         assert!(FrozenHnsw::load(dir.path()).is_err());
         std::fs::remove_file(dir.path().join("vectors.arrow")).unwrap();
         assert!(FrozenHnsw::load(dir.path()).is_err());

@@ -48,7 +48,11 @@ impl CandidateSource for AnnSource {
         SourceId::Ann
     }
 
-    fn retrieve(&self, q: &RetrievalQuery<'_>, quota: usize) -> Result<Vec<ScoredItem>, SourceError> {
+    fn retrieve(
+        &self,
+        q: &RetrievalQuery<'_>,
+        quota: usize,
+    ) -> Result<Vec<ScoredItem>, SourceError> {
         let Some(query) = q.embedding else {
             return Ok(Vec::new()); // cold user without session: nothing to search with
         };
