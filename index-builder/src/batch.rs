@@ -61,10 +61,10 @@ pub fn build(
                 scored.truncate(cfg.batch.k);
                 out.push(scored);
             }
+            tick(chunk.len() as u64);
             out
         })
         .flatten()
         .collect();
-    tick(users.len() as u64);
     BatchRecs { users, lists }
 }

@@ -104,6 +104,19 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
     let started = Instant::now();
     let cfg = &args.config;
     cfg.validate().map_err(BuildError::Invalid)?;
+    // Fail before hours of work, not at the feature step: the embedding width is declared twice.
+    if let Some(dim) = args
+        .registry
+        .get("user_embedding")
+        .and_then(|d| d.dtype.dim())
+    {
+        if dim != cfg.als.dim {
+            return Err(BuildError::Invalid(format!(
+                "als.dim is {} but feature-defs declare user_embedding with dim {dim}; make them agree",
+                cfg.als.dim
+            )));
+        }
+    }
     let progress = Progress::new(args.quiet);
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
 
@@ -214,7 +227,7 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
     let users = batch::active_users(&stage, cfg);
     let step = progress.bar("batch recommendations", users.len() as u64);
     let best_ranker = best.and_then(|i| rankers.get(i)).map(|(_, r)| r.as_ref());
-    let recs = batch::build(&ds, &stage, best_ranker, users, cfg, |n| step.inc(n));
+    let recs = batch::build(&ds, &stage, best_ranker, users, cfg, &|n| step.inc(n));
     step.finish();
     write_batch(&writer, &ds, &recs)?;
     counts.insert("batch_users".into(), recs.users.len() as u64);

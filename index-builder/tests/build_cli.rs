@@ -233,6 +233,23 @@ fn bad_input_fails_clearly_and_publishes_nothing() {
     ]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success() && err.contains("bad.toml:3"), "{err}");
+    // An embedding width the feature-defs do not declare is refused before any work.
+    std::fs::write(&cfg, "[als]\ndim = 32\n").unwrap();
+    let r = run(&[
+        "build",
+        "--interactions",
+        inter.to_str().unwrap(),
+        "--out",
+        o,
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("user_embedding"),
+        "{err}"
+    );
+    assert_eq!((current(&out), versions(&out)), before);
 }
 
 #[test]
