@@ -35,7 +35,7 @@ pub fn build(
     ranker: Option<&dyn Ranker>,
     users: Vec<UserIdx>,
     cfg: &BuildConfig,
-    mut tick: impl FnMut(u64) + Send,
+    tick: &(dyn Fn(u64) + Sync),
 ) -> BatchRecs {
     let lists: Vec<Vec<(ItemIdx, f32)>> = users
         .par_chunks(256)
