@@ -221,29 +221,24 @@ fn bad_input_fails_clearly_and_publishes_nothing() {
     assert_eq!((current(&out), versions(&out)), before);
     // A bad config names the file and line.
     let cfg = tmp.path().join("bad.toml");
+    let build_with_config = || {
+        run(&[
+            "build",
+            "--interactions",
+            inter.to_str().unwrap(),
+            "--out",
+            o,
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+    };
     std::fs::write(&cfg, "[als]\ndim = 64\nbogus = 1\n").unwrap();
-    let r = run(&[
-        "build",
-        "--interactions",
-        inter.to_str().unwrap(),
-        "--out",
-        o,
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
+    let r = build_with_config();
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success() && err.contains("bad.toml:3"), "{err}");
     // An embedding width the feature-defs do not declare is refused before any work.
     std::fs::write(&cfg, "[als]\ndim = 32\n").unwrap();
-    let r = run(&[
-        "build",
-        "--interactions",
-        inter.to_str().unwrap(),
-        "--out",
-        o,
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
+    let r = build_with_config();
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(
         !r.status.success() && err.contains("user_embedding"),
