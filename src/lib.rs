@@ -1,16 +1,21 @@
 //! Funnel: a multi-stage recommendation serving engine.
 //!
 //! The module tree mirrors the funnel, and data flows one way through it:
-//! request → [`features`] ∥ [`sources`] → [`merge`] → [`ranking`] → re-rank → response.
-//! [`bundle`] owns the versioned artifact bundle that the nightly `index-builder` publishes and
+//! request → [`features`] ∥ [`sources`] → [`merge`] → [`ranking`] → [`rerank`] → response.
+//! [`engine`] runs that path for one request under its budget; [`server`] is its HTTP surface and
+//! [`config`] its typed configuration. [`bundle`] owns the versioned artifact bundle that the nightly `index-builder` publishes and
 //! the server loads; [`catalog`] owns item metadata shared by every stage.
 
 pub mod bundle;
 pub mod catalog;
 pub mod cli;
+pub mod config;
+pub mod engine;
 pub mod features;
 pub mod merge;
 pub mod ranking;
+pub mod rerank;
+pub mod server;
 pub mod sources;
 
 /// Dense index of an item inside one bundle (position in the catalog). Stable only within a bundle version.

@@ -213,15 +213,7 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
         .map(|s| load_ranker(s, writer.dir()).map(|r| (s.id.clone(), r)))
         .collect::<Result<_, _>>()
         .map_err(|e| BuildError::Train(format!("reloading a trained ranker: {e}")))?;
-    let best = report
-        .specs
-        .iter()
-        .enumerate()
-        .max_by(|a, b| {
-            let q = |s: &funnel::ranking::RankerSpec| s.metrics.valid_ndcg_at_20.unwrap_or(0.0);
-            q(a.1).total_cmp(&q(b.1))
-        })
-        .map(|(i, _)| i);
+    let best = funnel::ranking::stage::best_by_validation(report.specs.iter().map(|s| &s.metrics));
 
     // 9. Batch recommendations.
     let users = batch::active_users(&stage, cfg);
@@ -256,6 +248,12 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
             &h.to_string(),
             EVAL_MAX_USERS,
         );
+        let (users, items) = crate::eval::relevant_pairs(&ds, &stage, &test);
+        funnel::bundle::Table::new()
+            .with("user_id", funnel::bundle::Column::U64(users))
+            .with("item_id", funnel::bundle::Column::U64(items))
+            .meta("holdout", h.to_string())
+            .write(&writer.path("holdout.arrow")?)?;
         std::fs::write(
             writer.path("eval.json")?,
             serde_json::to_vec_pretty(&rep).map_err(|e| BuildError::Invalid(e.to_string()))?,

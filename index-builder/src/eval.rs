@@ -34,8 +34,8 @@ pub struct EvalReport {
     pub rows: Vec<EvalRow>,
 }
 
-/// Binary-relevance metrics of one ranked list.
-fn metrics(list: &[ItemIdx], rel: &HashSet<ItemIdx>) -> [f64; 3] {
+/// Binary-relevance metrics of one ranked list: Recall@20, NDCG@20, Recall@500.
+pub(crate) fn metrics(list: &[ItemIdx], rel: &HashSet<ItemIdx>) -> [f64; 3] {
     let n_rel = rel.len() as f64;
     let hits = |k: usize| list.iter().take(k).filter(|i| rel.contains(i)).count() as f64;
     let mut dcg = 0.0;
@@ -169,6 +169,24 @@ pub fn evaluate(
         cold_users,
         rows,
     }
+}
+
+/// The holdout's relevant (user id, item id) pairs: held-out items the user had not interacted
+/// with in `stage`'s history. Written into the bundle so the served funnel can be evaluated later.
+pub fn relevant_pairs(ds: &Dataset, stage: &Stage, test: &[Event]) -> (Vec<u64>, Vec<u64>) {
+    let mut pairs: Vec<(u64, u64)> = test
+        .iter()
+        .filter(|e| !stage.hist.items(e.user).contains(&e.item))
+        .map(|e| {
+            (
+                ds.user_ids[e.user as usize],
+                ds.catalog.items[e.item as usize].id,
+            )
+        })
+        .collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    pairs.into_iter().unzip()
 }
 
 /// Unflagged items by decreasing `score` (ties by index), at most 600.

@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod online;
 pub mod online_features;
 pub mod progress;
+pub mod served;
 pub mod split;
 pub mod stage;
 pub mod synth;

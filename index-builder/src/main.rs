@@ -72,10 +72,20 @@ enum Cmd {
     },
     /// Re-check every checksum of a bundle (a root with CURRENT, or a version directory).
     Verify { dir: PathBuf },
-    /// Print the offline evaluation table of a bundle built with --holdout.
+    /// Print the offline evaluation table of a bundle built with --holdout, then evaluate the
+    /// served funnel (the engine, in process) on the same holdout.
     Eval {
         #[arg(long)]
         bundle: PathBuf,
+        /// Only print the build's offline table.
+        #[arg(long)]
+        offline_only: bool,
+        /// At most this many holdout users for the served evaluation.
+        #[arg(long, default_value_t = 5000)]
+        max_users: usize,
+        /// Server config to evaluate (defaults: the server's built-in defaults).
+        #[arg(long)]
+        serve_config: Option<PathBuf>,
     },
     /// Synthesize a small dataset and build a demo bundle from it (with a holdout), in DIR.
     Demo {
@@ -190,7 +200,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
-        Cmd::Eval { bundle } => {
+        Cmd::Eval {
+            bundle,
+            offline_only,
+            max_users,
+            serve_config,
+        } => {
             let dir = funnel::bundle::resolve_version_dir(&bundle)?;
             let path = dir.join("eval.json");
             if !path.is_file() {
@@ -204,6 +219,17 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let rep: EvalReport = serde_json::from_str(&text)
                 .with_context(|| format!("{}: invalid evaluation file", path.display()))?;
             print!("{}", rep.table());
+            if !offline_only && dir.join("holdout.arrow").is_file() {
+                let registry = FeatureRegistry::bundled()?;
+                let cfg = match &serve_config {
+                    Some(p) => funnel::config::EngineConfig::load(p).map_err(anyhow::Error::msg)?,
+                    None => funnel::config::EngineConfig::default(),
+                };
+                let served =
+                    index_builder::served::evaluate_served(&dir, &registry, cfg, max_users)
+                        .map_err(anyhow::Error::msg)?;
+                print!("\n{}", served.table());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo {

@@ -7,7 +7,12 @@ use funnel::features::{Entity, FeatureError, FeatureRegistry, FeatureTable, Feat
 
 use crate::batch::BatchRecs;
 use crate::dataset::Dataset;
-use crate::stage::{Stage, RECENT_ITEMS};
+use crate::stage::Stage;
+
+/// How many distinct recent items the `recent_items` feature keeps. The server seeds CF from the
+/// newest few and suppresses all of them as seen, so the cap is generous: the total is bounded by
+/// the interaction count, not users × cap.
+pub const ONLINE_RECENT_ITEMS: usize = 500;
 
 pub fn build(
     registry: &FeatureRegistry,
@@ -32,7 +37,7 @@ pub fn build(
         )?;
         let recent: Vec<i64> = stage
             .hist
-            .recent_distinct(u, RECENT_ITEMS)
+            .recent_distinct(u, ONLINE_RECENT_ITEMS)
             .into_iter()
             .map(|i| ds.catalog.items[i as usize].id as i64)
             .collect();

@@ -7,6 +7,7 @@
 //! * [`stats`]: per-feature distribution summaries for training–serving skew checks.
 //! * [`embedded`]: the server's in-process store read from the bundle (no-Redis mode).
 //! * [`redis`]: pushing a table to Redis and the server's pipelined Redis reader.
+//! * [`online`]: the request path's typed view of user features and item overrides (Redis + moka).
 //!
 //! Both stores return only what is stored (`None` for an unknown entity, rows may lack
 //! features); callers apply declared defaults with [`FeatureRegistry::value_or_default`].
@@ -14,6 +15,7 @@
 pub mod codec;
 pub mod defs;
 pub mod embedded;
+pub mod online;
 pub mod redis;
 pub mod stats;
 pub mod table;

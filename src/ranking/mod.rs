@@ -7,6 +7,7 @@
 
 pub mod input;
 pub mod models;
+pub mod stage;
 
 use std::fmt;
 use std::path::{Component, Path, PathBuf};

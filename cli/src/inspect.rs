@@ -1,66 +1,19 @@
-//! `funnel`: the serving engine's command line. `inspect` loads a published bundle through the
-//! same loader the server uses and reports what it holds, what failed to load, and — for a user —
-//! the online features and precomputed recommendations the server would fall back to.
+//! `funnel inspect`: loads a published bundle through the same loader the server uses and reports
+//! what it holds, what failed to load, and — for a user — the online features and precomputed
+//! recommendations the server would fall back to.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
 
 use funnel::bundle::Bundle;
 use funnel::features::{Entity, FeatureRegistry};
 
-#[derive(Parser)]
-#[command(
-    name = "funnel",
-    version,
-    about = "Funnel: multi-stage recommendation serving engine"
-)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Load a bundle (root with CURRENT, or a version directory) and report on it.
-    Inspect {
-        #[arg(long)]
-        bundle: PathBuf,
-        /// Also show this user's online features and batch recommendations.
-        #[arg(long)]
-        user: Option<u64>,
-        /// Feature definitions directory (defaults to the compiled-in feature-defs/).
-        #[arg(long)]
-        feature_defs: Option<PathBuf>,
-    },
-}
-
-fn main() -> ExitCode {
-    funnel::cli::init();
-    match run(Cli::parse()) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(cli: Cli) -> Result<ExitCode> {
-    let Cmd::Inspect {
-        bundle,
-        user,
-        feature_defs,
-    } = cli.cmd;
-    let registry = match feature_defs {
-        Some(d) => FeatureRegistry::load_dir(&d)?,
-        None => FeatureRegistry::bundled()?,
-    };
+pub fn run(bundle: &Path, user: Option<u64>, registry: &FeatureRegistry) -> Result<ExitCode> {
     let t = std::time::Instant::now();
-    let b = Bundle::open(&bundle, &registry)
-        .with_context(|| format!("loading {}", bundle.display()))?;
+    let b =
+        Bundle::open(bundle, registry).with_context(|| format!("loading {}", bundle.display()))?;
     println!(
         "bundle {} ({}), loaded in {:.2}s",
         b.manifest.version,

@@ -1,0 +1,305 @@
+//! `funnel`: the serving engine's command line.
+//! * `serve` loads a bundle and answers `POST /v1/recommend` (Redis or the embedded store).
+//! * `demo` builds a bundle from synthetic data (or MovieLens files) and serves it.
+//! * `inspect` reports what a bundle holds.
+
+mod inspect;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use funnel::bundle::Bundle;
+use funnel::config::{Clock, EngineConfig};
+use funnel::engine::{connect_redis, Engine};
+use funnel::features::FeatureRegistry;
+use index_builder::build::{run as build, BuildArgs};
+use index_builder::config::BuildConfig;
+use index_builder::split::Holdout;
+use index_builder::synth::{self, SynthConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "funnel",
+    version,
+    about = "Funnel: multi-stage recommendation serving engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve a bundle over HTTP.
+    Serve {
+        /// Server configuration (TOML); built-in defaults when omitted.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Bundle root (with CURRENT) or a version directory.
+        #[arg(long, default_value = "artifacts/bundle")]
+        bundle: PathBuf,
+        /// Read online features from this Redis (e.g. redis://127.0.0.1:6379); without it the
+        /// bundle's embedded store serves them.
+        #[arg(long)]
+        redis: Option<String>,
+        /// Listen address; overrides the config's server.listen.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Feature definitions directory (defaults to the compiled-in feature-defs/).
+        #[arg(long)]
+        feature_defs: Option<PathBuf>,
+    },
+    /// Build a demo bundle (synthetic data, or MovieLens files with --data) and serve it.
+    Demo {
+        /// A directory with MovieLens/RecBole files (*.inter + *.item, or u.data + u.item).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Where the demo data and bundle go.
+        #[arg(long, default_value = "artifacts/demo")]
+        out: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Rebuild even when OUT already holds a bundle.
+        #[arg(long)]
+        rebuild: bool,
+        /// Synthetic data size.
+        #[arg(long, default_value_t = 5_000)]
+        users: usize,
+        #[arg(long, default_value_t = 10_000)]
+        items: usize,
+        #[arg(long, default_value_t = 200_000)]
+        interactions: usize,
+    },
+    /// Load a bundle (root with CURRENT, or a version directory) and report on it.
+    Inspect {
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Also show this user's online features and batch recommendations.
+        #[arg(long)]
+        user: Option<u64>,
+        #[arg(long)]
+        feature_defs: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    funnel::cli::init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn registry(dir: Option<&Path>) -> Result<FeatureRegistry> {
+    Ok(match dir {
+        Some(d) => FeatureRegistry::load_dir(d)?,
+        None => FeatureRegistry::bundled()?,
+    })
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Inspect {
+            bundle,
+            user,
+            feature_defs,
+        } => inspect::run(&bundle, user, &registry(feature_defs.as_deref())?),
+        Cmd::Serve {
+            config,
+            bundle,
+            redis,
+            listen,
+            feature_defs,
+        } => {
+            let mut cfg = match &config {
+                Some(p) => EngineConfig::load(p).map_err(anyhow::Error::msg)?,
+                None => EngineConfig::default(),
+            };
+            if let Some(l) = listen {
+                cfg.server.listen = l.to_string();
+            }
+            let registry = registry(feature_defs.as_deref())?;
+            serve(&bundle, cfg, redis.as_deref(), &registry, None)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Demo {
+            data,
+            out,
+            listen,
+            rebuild,
+            users,
+            items,
+            interactions,
+        } => {
+            let bundle_dir = out.join("bundle");
+            let registry = FeatureRegistry::bundled()?;
+            if rebuild || !bundle_dir.join("CURRENT").exists() {
+                let (inter, item_file) = match &data {
+                    Some(dir) => movielens_files(dir)?,
+                    None => {
+                        println!(
+                            "synthesizing {users} users, {items} items, {interactions} interactions…"
+                        );
+                        let d = synth::generate(&SynthConfig::new(users, items, interactions, 42));
+                        let files = synth::write(&d, &out.join("data"))?;
+                        (files.interactions, Some(files.items))
+                    }
+                };
+                println!("building a bundle from {} …", inter.display());
+                let o = build(BuildArgs {
+                    interactions: inter,
+                    items: item_file,
+                    out: bundle_dir.clone(),
+                    holdout: Some(Holdout::Temporal(0.2)),
+                    redis: None,
+                    config: BuildConfig::default(),
+                    registry: registry.clone(),
+                    quiet: false,
+                    seed: 42,
+                })?;
+                if let Some(e) = &o.eval {
+                    println!("\n{}", e.table());
+                }
+                println!(
+                    "built {} in {:.1}s at {}",
+                    o.version,
+                    o.total_seconds,
+                    o.dir.display()
+                );
+            } else {
+                println!(
+                    "reusing the bundle in {} (--rebuild to build a new one)",
+                    bundle_dir.display()
+                );
+            }
+            let mut cfg = EngineConfig::default();
+            cfg.server.listen = listen.to_string();
+            // Demo data is historical: "now" is the bundle's data cutoff, not the wall clock.
+            cfg.features.clock = Clock::Bundle;
+            serve(&bundle_dir, cfg, None, &registry, Some(print_demo_help))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The interactions file and the item file of a MovieLens/RecBole directory.
+fn movielens_files(dir: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
+    let mut inter = None;
+    let mut items = None;
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for p in paths {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if inter.is_none() && (name.ends_with(".inter") || name == "u.data") {
+            inter = Some(p.clone());
+        } else if items.is_none() && (name.ends_with(".item") || name == "u.item") {
+            items = Some(p.clone());
+        }
+    }
+    match inter {
+        Some(i) => Ok((i, items)),
+        None => bail!(
+            "{}: no interactions file (*.inter or u.data) in this directory",
+            dir.display()
+        ),
+    }
+}
+
+type Help = fn(&Engine, SocketAddr);
+
+fn serve(
+    bundle: &Path,
+    cfg: EngineConfig,
+    redis: Option<&str>,
+    registry: &FeatureRegistry,
+    help: Option<Help>,
+) -> Result<()> {
+    let addr: SocketAddr = cfg
+        .server
+        .listen
+        .parse()
+        .with_context(|| format!("server.listen {:?}", cfg.server.listen))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let t = std::time::Instant::now();
+        let b = Bundle::open(bundle, registry)
+            .with_context(|| format!("loading bundle {}", bundle.display()))?;
+        for (c, e) in &b.problems {
+            eprintln!("warning: bundle component {c} unavailable: {e}");
+        }
+        let store = match redis {
+            Some(url) => Some(
+                connect_redis(url, registry, &cfg)
+                    .await
+                    .with_context(|| format!("connecting to Redis at {url}"))?,
+            ),
+            None => None,
+        };
+        let engine = Engine::new(b, cfg, store)?;
+        let loaded = t.elapsed().as_secs_f64();
+        let e2: Arc<Engine> = engine.clone();
+        funnel::server::serve(
+            engine,
+            addr,
+            move |bound| {
+                println!(
+                    "funnel serving bundle {} ({} items, features: {}) on http://{bound} — loaded in {loaded:.2}s",
+                    e2.bundle().manifest.version,
+                    e2.bundle().catalog.len(),
+                    match e2.store_kind() {
+                        funnel::engine::StoreKind::Redis => "redis",
+                        funnel::engine::StoreKind::Embedded => "embedded",
+                    },
+                );
+                if let Some(h) = help {
+                    h(&e2, bound);
+                }
+            },
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+                println!("shutting down");
+            },
+        )
+        .await
+        .with_context(|| format!("serving on {addr}"))?;
+        Ok(())
+    })
+}
+
+/// Curl lines with a real user and a real category of the served bundle.
+fn print_demo_help(engine: &Engine, addr: SocketAddr) {
+    let b = engine.bundle();
+    let user = b
+        .batch_recs
+        .keys()
+        .min()
+        .copied()
+        .or_else(|| b.user_ids.first().copied())
+        .unwrap_or(1);
+    let category = b.catalog.categories.first().cloned().unwrap_or_default();
+    let session = b.catalog.items.first().map(|i| i.id).unwrap_or(1);
+    let url = format!("http://{addr}");
+    println!("\nTry:");
+    println!("  curl -s {url}/readyz");
+    println!(
+        "  curl -s {url}/v1/recommend -H 'content-type: application/json' -d '{{\"user_id\": \"{user}\", \"k\": 10}}'"
+    );
+    println!(
+        "  curl -s {url}/v1/recommend -d '{{\"user_id\": \"{user}\", \"k\": 5, \"filters\": {{\"categories_any\": [\"{category}\"]}}, \"explain\": true}}'"
+    );
+    println!(
+        "  curl -s {url}/v1/recommend -d '{{\"user_id\": \"new-visitor\", \"k\": 5, \"context\": {{\"session_items\": [{session}], \"device\": \"mobile\"}}}}'"
+    );
+    println!("Ctrl-C stops the server.");
+}

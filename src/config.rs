@@ -1,0 +1,290 @@
+//! The server's typed configuration (`configs/default.toml`): every field defaulted, unknown keys
+//! refused, validated at load with errors that name the file and line.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::merge::MergeConfig;
+use crate::rerank::RerankConfig;
+use crate::sources::SourceQuotas;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub budget: BudgetConfig,
+    #[serde(default)]
+    pub features: FeaturesConfig,
+    #[serde(default)]
+    pub retrieval: RetrievalConfig,
+    #[serde(default)]
+    pub merge: MergeConfig,
+    #[serde(default)]
+    pub ranking: RankingConfig,
+    #[serde(default)]
+    pub rerank: RerankConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "d_listen")]
+    pub listen: String,
+    /// Request bodies above this size are refused with 413.
+    #[serde(default = "d_max_body")]
+    pub max_body_bytes: usize,
+    /// Limits on list fields of a request (422 above them).
+    #[serde(default = "d_max_session")]
+    pub max_session_items: usize,
+    #[serde(default = "d_max_exclude")]
+    pub max_exclude_items: usize,
+    /// Threads of the CPU pool that runs sources and ranking off the async reactor; 0 = one per core.
+    #[serde(default)]
+    pub cpu_threads: usize,
+}
+
+fn d_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+const fn d_max_body() -> usize {
+    64 * 1024
+}
+const fn d_max_session() -> usize {
+    50
+}
+const fn d_max_exclude() -> usize {
+    1000
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: d_listen(),
+            max_body_bytes: d_max_body(),
+            max_session_items: d_max_session(),
+            max_exclude_items: d_max_exclude(),
+            cpu_threads: 0,
+        }
+    }
+}
+
+/// Time slices of a request. Stages that run out of time are cut and the response says so.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// End-to-end deadline of one request.
+    #[serde(default = "d_total")]
+    pub total_ms: u64,
+    /// Longest wait for the online feature store before falling back to the bundle's features.
+    #[serde(default = "d_features")]
+    pub features_ms: u64,
+    /// Longest wait for any one candidate source.
+    #[serde(default = "d_source")]
+    pub source_ms: u64,
+    /// Longest wait for ranking; past it the merged retrieval order is served.
+    #[serde(default = "d_rank")]
+    pub rank_ms: u64,
+}
+
+const fn d_total() -> u64 {
+    200
+}
+const fn d_features() -> u64 {
+    40
+}
+const fn d_source() -> u64 {
+    60
+}
+const fn d_rank() -> u64 {
+    80
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        Self {
+            total_ms: d_total(),
+            features_ms: d_features(),
+            source_ms: d_source(),
+            rank_ms: d_rank(),
+        }
+    }
+}
+
+/// Which clock "now" is read from for freshness and item age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Clock {
+    /// The machine's wall clock (production).
+    #[default]
+    Wall,
+    /// The bundle's data cutoff: for replaying historical data (demo, offline evaluation), where
+    /// the wall clock would make every item look years old.
+    Bundle,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesConfig {
+    /// Hot item features read from Redis are cached this long.
+    #[serde(default = "d_cache_ttl")]
+    pub item_cache_ttl_s: u64,
+    #[serde(default = "d_cache_cap")]
+    pub item_cache_capacity: u64,
+    /// Redis reply timeout (the request still stops waiting at `budget.features_ms`).
+    #[serde(default = "d_redis_timeout")]
+    pub redis_timeout_ms: u64,
+    #[serde(default)]
+    pub clock: Clock,
+}
+
+const fn d_cache_ttl() -> u64 {
+    60
+}
+const fn d_cache_cap() -> u64 {
+    500_000
+}
+const fn d_redis_timeout() -> u64 {
+    100
+}
+
+impl Default for FeaturesConfig {
+    fn default() -> Self {
+        Self {
+            item_cache_ttl_s: d_cache_ttl(),
+            item_cache_capacity: d_cache_cap(),
+            redis_timeout_ms: d_redis_timeout(),
+            clock: Clock::Wall,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrievalConfig {
+    #[serde(default)]
+    pub quotas: SourceQuotas,
+    /// Weight of the session items' mean embedding in the ANN query (0 = user embedding only).
+    #[serde(default = "d_session_blend")]
+    pub session_blend: f32,
+}
+
+const fn d_session_blend() -> f32 {
+    0.5
+}
+
+impl Default for RetrievalConfig {
+    fn default() -> Self {
+        Self {
+            quotas: SourceQuotas::default(),
+            session_blend: d_session_blend(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RankingConfig {
+    /// Ranker id to serve; unset = the bundle's best by validation NDCG@20.
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+impl EngineConfig {
+    /// Reads and validates `path`; errors read `path:line: message`.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|m| format!("{}{m}", path.display()))
+    }
+
+    /// Parses TOML text; errors start with `:line: ` when the line is known, else `: `.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let cfg: EngineConfig = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| {
+                    text.as_bytes()[..s.start.min(text.len())]
+                        .iter()
+                        .filter(|&&b| b == b'\n')
+                        .count()
+                        + 1
+                })
+                .map(|l| format!(":{l}"))
+                .unwrap_or_default();
+            format!("{line}: {}", e.message().trim_end())
+        })?;
+        cfg.validate().map_err(|m| format!(": {m}"))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let b = &self.budget;
+        let checks: [(bool, &str); 9] = [
+            (b.total_ms > 0, "budget.total_ms must be > 0"),
+            (
+                b.features_ms <= b.total_ms && b.source_ms <= b.total_ms && b.rank_ms <= b.total_ms,
+                "budget slices (features_ms, source_ms, rank_ms) must each be <= budget.total_ms",
+            ),
+            (
+                self.server.max_body_bytes >= 1024,
+                "server.max_body_bytes must be >= 1024",
+            ),
+            (
+                self.merge.max_candidates > 0,
+                "merge.max_candidates must be > 0",
+            ),
+            (
+                self.merge.multi_source_bonus.is_finite() && self.merge.multi_source_bonus >= 1.0,
+                "merge.multi_source_bonus must be a finite number >= 1",
+            ),
+            (
+                (0.0..=1.0).contains(&self.retrieval.session_blend),
+                "retrieval.session_blend must be within [0, 1]",
+            ),
+            (
+                self.features.item_cache_capacity > 0,
+                "features.item_cache_capacity must be > 0",
+            ),
+            (
+                self.server.listen.parse::<std::net::SocketAddr>().is_ok(),
+                "server.listen must be an address like 127.0.0.1:8080",
+            ),
+            (
+                self.features.redis_timeout_ms > 0,
+                "features.redis_timeout_ms must be > 0",
+            ),
+        ];
+        for (ok, msg) in checks {
+            if !ok {
+                return Err(msg.to_string());
+            }
+        }
+        self.rerank.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_default_config_equals_the_defaults() {
+        let text = include_str!("../configs/default.toml");
+        let cfg = EngineConfig::from_toml(text).unwrap_or_else(|e| panic!("default.toml{e}"));
+        let want = serde_json::to_value(EngineConfig::default()).ok();
+        assert_eq!(serde_json::to_value(&cfg).ok(), want);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let e = EngineConfig::from_toml("[budget]\ntotal_ms = 10\nbogus = 1\n").unwrap_err();
+        assert!(e.starts_with(":3:"), "{e}");
+        let e = EngineConfig::from_toml("[budget]\ntotal_ms = 10\nrank_ms = 50\n").unwrap_err();
+        assert!(e.contains("budget slices"), "{e}");
+        let e =
+            EngineConfig::from_toml("[rerank.category_cap]\nmax_per_category = 0\n").unwrap_err();
+        assert!(e.contains("max_per_category"), "{e}");
+    }
+}

@@ -1,0 +1,332 @@
+//! The wire types of `POST /v1/recommend` and their validation. Parsing is split in two so that
+//! clients get the right status: bytes that are not JSON are a 400, JSON that breaks the schema a
+//! 422 naming the field.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ServerConfig;
+
+/// An error a client can act on: HTTP status, stable code, human message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn malformed(message: impl Into<String>) -> Self {
+        Self {
+            status: 400,
+            code: "malformed_json",
+            message: message.into(),
+        }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            status: 422,
+            code: "invalid_request",
+            message: message.into(),
+        }
+    }
+    pub fn too_large(limit: usize) -> Self {
+        Self {
+            status: 413,
+            code: "payload_too_large",
+            message: format!("request body exceeds {limit} bytes"),
+        }
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            status: 500,
+            code: "internal",
+            message: message.into(),
+        }
+    }
+}
+
+/// A user id as clients send it: a string or a non-negative integer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum UserId {
+    Num(u64),
+    Str(String),
+}
+
+impl UserId {
+    /// The numeric id the bundle keys users by; None for ids that cannot be one (a cold user).
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            UserId::Num(n) => Some(*n),
+            UserId::Str(s) => s.trim().parse().ok(),
+        }
+    }
+}
+
+/// A point in time: unix seconds or an RFC 3339 string.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Timestamp {
+    Unix(i64),
+    Rfc3339(String),
+}
+
+impl Timestamp {
+    pub fn to_unix(&self, field: &str) -> Result<i64, ApiError> {
+        match self {
+            Timestamp::Unix(t) => Ok(*t),
+            Timestamp::Rfc3339(s) => chrono::DateTime::parse_from_rfc3339(s)
+                .map(|d| d.timestamp())
+                .map_err(|e| {
+                    ApiError::invalid(format!(
+                        "{field}: {s:?} is neither unix seconds nor RFC 3339 ({e})"
+                    ))
+                }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestContext {
+    pub device: Option<String>,
+    pub timestamp: Option<Timestamp>,
+    /// Items of the current session, newest first.
+    #[serde(default)]
+    pub session_items: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filters {
+    pub categories_any: Option<Vec<String>>,
+    #[serde(default)]
+    pub categories_none: Vec<String>,
+    #[serde(default)]
+    pub creators_none: Vec<u64>,
+    pub published_after: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecommendRequest {
+    pub user_id: UserId,
+    #[serde(default = "default_k")]
+    pub k: i64,
+    #[serde(default)]
+    pub context: RequestContext,
+    #[serde(default)]
+    pub exclude_items: Vec<u64>,
+    #[serde(default)]
+    pub filters: Filters,
+    #[serde(default)]
+    pub explain: bool,
+}
+
+const fn default_k() -> i64 {
+    20
+}
+
+pub const MAX_K: i64 = 100;
+
+impl RecommendRequest {
+    /// Parses a body: 400 when it is not JSON, 422 when it breaks the schema or the limits.
+    pub fn parse(body: &[u8], limits: &ServerConfig) -> Result<Self, ApiError> {
+        let req: RecommendRequest = serde_json::from_slice(body).map_err(|e| {
+            use serde_json::error::Category;
+            match e.classify() {
+                Category::Syntax | Category::Eof | Category::Io => {
+                    ApiError::malformed(format!("body is not valid JSON: {e}"))
+                }
+                Category::Data => ApiError::invalid(e.to_string()),
+            }
+        })?;
+        req.validate(limits)?;
+        Ok(req)
+    }
+
+    pub fn validate(&self, limits: &ServerConfig) -> Result<(), ApiError> {
+        if let UserId::Str(s) = &self.user_id {
+            if s.trim().is_empty() {
+                return Err(ApiError::invalid("user_id must not be empty"));
+            }
+            if s.len() > 256 {
+                return Err(ApiError::invalid("user_id is longer than 256 bytes"));
+            }
+        }
+        if !(1..=MAX_K).contains(&self.k) {
+            return Err(ApiError::invalid(format!(
+                "k must be within 1..={MAX_K}, got {}",
+                self.k
+            )));
+        }
+        if self.context.session_items.len() > limits.max_session_items {
+            return Err(ApiError::invalid(format!(
+                "context.session_items has {} items; at most {} are accepted",
+                self.context.session_items.len(),
+                limits.max_session_items
+            )));
+        }
+        if self.exclude_items.len() > limits.max_exclude_items {
+            return Err(ApiError::invalid(format!(
+                "exclude_items has {} items; at most {} are accepted",
+                self.exclude_items.len(),
+                limits.max_exclude_items
+            )));
+        }
+        if let Some(d) = &self.context.device {
+            if d.len() > 64 {
+                return Err(ApiError::invalid("context.device is longer than 64 bytes"));
+            }
+        }
+        if let Some(t) = &self.context.timestamp {
+            t.to_unix("context.timestamp")?;
+        }
+        if let Some(t) = &self.filters.published_after {
+            t.to_unix("filters.published_after")?;
+        }
+        let f = &self.filters;
+        let n_filter = f.categories_any.as_ref().map_or(0, Vec::len)
+            + f.categories_none.len()
+            + f.creators_none.len();
+        if n_filter > 1000 {
+            return Err(ApiError::invalid("filters list at most 1000 values in all"));
+        }
+        if f.categories_any.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ApiError::invalid(
+                "filters.categories_any must not be empty (omit it to allow every category)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How degraded a response is, from none to the last resort (the fallback chain, in order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Degradation {
+    Full,
+    /// The online store was unavailable or late: the bundle's (nightly) features were used.
+    StaleFeatures,
+    /// No ranker could score: candidates are in merged retrieval order.
+    SimpleRanking,
+    /// No source answered: the user's nightly batch list.
+    Batch,
+    /// Nothing else: global popularity.
+    Popularity,
+}
+
+impl Degradation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Degradation::Full => "full",
+            Degradation::StaleFeatures => "stale_features",
+            Degradation::SimpleRanking => "simple_ranking",
+            Degradation::Batch => "batch",
+            Degradation::Popularity => "popularity",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ItemOut {
+    pub item_id: u64,
+    pub score: f32,
+    pub sources: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasons: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SourceTimings {
+    pub ann: f64,
+    pub cf: f64,
+    pub content: f64,
+    pub trending: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Timings {
+    /// Waiting for the user's online features.
+    pub features: f64,
+    /// Fetching candidates' item features (cache misses go to the store).
+    pub item_features: f64,
+    /// Wall time of each source, from its launch.
+    pub sources: SourceTimings,
+    pub merge: f64,
+    pub rank: f64,
+    pub rerank: f64,
+    pub total: f64,
+}
+
+/// What `explain: true` adds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Explain {
+    pub user_known: bool,
+    pub history_len: u32,
+    pub candidates: usize,
+    /// Candidates per source before merge.
+    pub per_source: BTreeMap<String, usize>,
+    /// Source name → why it returned nothing useful ("timeout", "unavailable", an error).
+    pub source_problems: BTreeMap<String, String>,
+    pub ranker: Option<String>,
+    pub now: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecommendResponse {
+    pub request_id: String,
+    pub bundle_version: String,
+    pub degradation: Degradation,
+    pub items: Vec<ItemOut>,
+    pub timings_ms: Timings,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explain: Option<Explain>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<RecommendRequest, ApiError> {
+        RecommendRequest::parse(s.as_bytes(), &ServerConfig::default())
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(parse("{").unwrap_err().status, 400);
+        assert_eq!(parse("not json").unwrap_err().status, 400);
+        assert_eq!(parse(r#"{"k": 5}"#).unwrap_err().status, 422);
+        assert_eq!(parse(r#"{"user_id": ""}"#).unwrap_err().status, 422);
+        assert_eq!(
+            parse(r#"{"user_id": "1", "k": 0}"#).unwrap_err().status,
+            422
+        );
+        assert_eq!(
+            parse(r#"{"user_id": "1", "k": 101}"#).unwrap_err().status,
+            422
+        );
+        assert_eq!(
+            parse(r#"{"user_id": "1", "bogus": 1}"#).unwrap_err().status,
+            422
+        );
+        assert_eq!(parse(r#"{"user_id": -3}"#).unwrap_err().status, 422);
+        let many: Vec<u64> = (0..51).collect();
+        let body =
+            serde_json::json!({"user_id": 1, "context": {"session_items": many}}).to_string();
+        assert_eq!(parse(&body).unwrap_err().status, 422);
+        let bad_ts = r#"{"user_id": 1, "filters": {"published_after": "yesterday"}}"#;
+        assert_eq!(parse(bad_ts).unwrap_err().status, 422);
+        let ok = parse(r#"{"user_id": "42", "context": {"timestamp": "2020-01-01T00:00:00Z"}}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ok.user_id.as_u64(), Some(42));
+        assert_eq!(ok.k, 20);
+        assert_eq!(
+            parse(r#"{"user_id": "anon-x"}"#).map(|r| r.user_id.as_u64()),
+            Ok(None)
+        );
+    }
+}

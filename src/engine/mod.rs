@@ -1,0 +1,788 @@
+//! The online funnel for one request, in the order data flows:
+//! features ∥ sources → merge → item features → rank → re-rank → response.
+//!
+//! The trending source needs nothing from the user, so it starts at once, concurrently with the
+//! user's feature fetch; ANN, CF and content start the moment the features land (they are the
+//! query). Sources and ranking run on a bounded CPU pool off the async reactor, each under its own
+//! time slice of the request budget. What fails or is late is left out, and the response's
+//! `degradation` says how far down the fallback chain the answer came from.
+
+pub mod api;
+pub mod context;
+
+use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::bundle::{Bundle, BundleError};
+use crate::config::{Clock, EngineConfig};
+use crate::features::online::{ItemOverride, RedisOnline, UserFeatures};
+use crate::features::{Entity, FeatureError, RedisFeatureStore, RedisStoreOptions};
+use crate::merge::{merge, Candidate};
+use crate::ranking::input::{
+    push_row, CandidateSignals, DeviceKind, ItemSignals, UserSignals, INPUT_DIM,
+};
+use crate::ranking::stage::{RankPlan, RankStage};
+use crate::rerank::{apply_all, Origin, Ranked, RerankContext, RerankRule};
+use crate::sources::ann::AnnSource;
+use crate::sources::cf::CfSource;
+use crate::sources::content::ContentSource;
+use crate::sources::trending::TrendingSource;
+use crate::sources::{CandidateSource, RetrievalQuery, ScoredItem, SourceError, SourceId};
+use crate::ItemIdx;
+
+use self::api::{
+    ApiError, Degradation, Explain, ItemOut, RecommendRequest, RecommendResponse, SourceTimings,
+    Timings,
+};
+use self::context::{query_state, resolve_filter, ItemView, QueryState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Features(#[from] FeatureError),
+    #[error("cpu pool: {0}")]
+    Pool(String),
+}
+
+/// Where the request path reads online features from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// The bundle's embedded store (no Redis).
+    Embedded,
+    Redis,
+}
+
+/// A loaded bundle, ready to answer requests. Shared by all request tasks (`Arc<Engine>`).
+pub struct Engine {
+    cfg: EngineConfig,
+    bundle: Bundle,
+    sources: [Option<Arc<dyn CandidateSource>>; 4],
+    rank: RankStage,
+    rules: Vec<Box<dyn RerankRule>>,
+    redis: Option<RedisOnline>,
+    pool: rayon::ThreadPool,
+    /// Every item, most popular first: cold-start fill and the last-resort fallback.
+    popular: Vec<ItemIdx>,
+    /// The bundle's data cutoff (unix seconds), when it records one.
+    cutoff: Option<i64>,
+}
+
+/// Connects to Redis for the request path (reply timeout from the config).
+pub async fn connect_redis(
+    url: &str,
+    registry: &crate::features::FeatureRegistry,
+    cfg: &EngineConfig,
+) -> Result<RedisFeatureStore, FeatureError> {
+    let opts = RedisStoreOptions {
+        response_timeout: Some(Duration::from_millis(cfg.features.redis_timeout_ms)),
+        connection_timeout: Some(Duration::from_millis(
+            cfg.features.redis_timeout_ms.max(500),
+        )),
+        ..RedisStoreOptions::default()
+    };
+    RedisFeatureStore::connect_with(url, registry, &opts).await
+}
+
+/// A job's result from the CPU pool: `Err` when the job panicked.
+type CpuResult<T> = oneshot::Receiver<std::thread::Result<T>>;
+
+struct Launched {
+    id: SourceId,
+    start: Instant,
+    rx: Option<CpuResult<Result<Vec<ScoredItem>, SourceError>>>,
+}
+
+struct SourceResult {
+    id: SourceId,
+    ms: f64,
+    items: Result<Vec<ScoredItem>, String>,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+impl Engine {
+    /// Takes the bundle's components into serving form. `redis` None = the embedded store.
+    pub fn new(
+        mut bundle: Bundle,
+        cfg: EngineConfig,
+        redis: Option<RedisFeatureStore>,
+    ) -> Result<Arc<Self>, EngineError> {
+        cfg.validate().map_err(EngineError::Config)?;
+        let mut sources: [Option<Arc<dyn CandidateSource>>; 4] = [None, None, None, None];
+        if let Some(g) = bundle.ann.take() {
+            sources[SourceId::Ann.index()] = Some(Arc::new(AnnSource::new(g)));
+        }
+        if let Some(cf) = bundle.cf.take() {
+            sources[SourceId::Cf.index()] = Some(Arc::new(CfSource::new(cf)));
+        }
+        if let Some(c) = bundle.content.take() {
+            sources[SourceId::Content.index()] = Some(Arc::new(ContentSource::new(c)));
+        }
+        if let Some(t) = bundle.trending.take() {
+            sources[SourceId::Trending.index()] = Some(Arc::new(TrendingSource::new(t)));
+        }
+        let rank = RankStage::new(
+            std::mem::take(&mut bundle.rankers),
+            bundle.rankers_manifest.as_ref(),
+            cfg.ranking.model.as_deref(),
+        )
+        .map_err(EngineError::Config)?;
+        let mut popular: Vec<ItemIdx> = (0..bundle.catalog.len() as ItemIdx).collect();
+        popular.sort_by(|&a, &b| {
+            let p = |i: ItemIdx| bundle.popularity.get(i as usize).copied().unwrap_or(0.0);
+            p(b).total_cmp(&p(a)).then(a.cmp(&b))
+        });
+        let cutoff = bundle.manifest.info.get("cutoff").and_then(|v| v.as_i64());
+        let threads = match cfg.server.cpu_threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("funnel-cpu-{i}"))
+            .build()
+            .map_err(|e| EngineError::Pool(e.to_string()))?;
+        let redis = redis.map(|store| {
+            RedisOnline::new(
+                store,
+                &bundle.manifest.version,
+                Duration::from_secs(cfg.features.item_cache_ttl_s),
+                cfg.features.item_cache_capacity,
+            )
+        });
+        Ok(Arc::new(Engine {
+            rules: cfg.rerank.build(),
+            cfg,
+            bundle,
+            sources,
+            rank,
+            redis,
+            pool,
+            popular,
+            cutoff,
+        }))
+    }
+
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn store_kind(&self) -> StoreKind {
+        if self.redis.is_some() {
+            StoreKind::Redis
+        } else {
+            StoreKind::Embedded
+        }
+    }
+
+    /// The state of each dependency, for `/readyz`.
+    pub async fn readiness(&self) -> Readiness {
+        let mut components = BTreeMap::new();
+        for id in SourceId::ALL {
+            let state = match &self.sources[id.index()] {
+                Some(_) => "ok".to_string(),
+                None => self
+                    .bundle
+                    .problems
+                    .iter()
+                    .find(|(c, _)| c == id.name())
+                    .map(|(_, e)| format!("unavailable: {e}"))
+                    .unwrap_or_else(|| "unavailable".into()),
+            };
+            components.insert(format!("source.{}", id.name()), state);
+        }
+        components.insert(
+            "ranker".into(),
+            match self.rank.plan() {
+                Some(p) => format!("ok: {}", p.model_id()),
+                None => "unavailable: no ranker loaded".into(),
+            },
+        );
+        for (c, e) in &self.bundle.problems {
+            components
+                .entry(c.clone())
+                .or_insert_with(|| format!("unavailable: {e}"));
+        }
+        let (kind, state) = match &self.redis {
+            None => (
+                "embedded",
+                if self.bundle.features.is_some() {
+                    "ok".to_string()
+                } else {
+                    "unavailable: the bundle has no embedded features".to_string()
+                },
+            ),
+            Some(r) => (
+                "redis",
+                match tokio::time::timeout(
+                    Duration::from_millis(self.cfg.features.redis_timeout_ms.max(200)),
+                    r.ping(),
+                )
+                .await
+                {
+                    Ok(Ok(())) => "ok".to_string(),
+                    Ok(Err(e)) => format!("unreachable: {e} (serving the bundle's features)"),
+                    Err(_) => "unreachable: timeout (serving the bundle's features)".to_string(),
+                },
+            ),
+        };
+        let degraded = state != "ok" || components.values().any(|s| !s.starts_with("ok"));
+        Readiness {
+            status: if degraded { "degraded" } else { "ready" },
+            bundle_version: self.bundle.manifest.version.clone(),
+            feature_store: FeatureStoreState {
+                kind,
+                state,
+                cached_items: self.redis.as_ref().map(|r| r.cached_items()),
+            },
+            components,
+        }
+    }
+
+    fn run_cpu<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> CpuResult<T> {
+        let (tx, rx) = oneshot::channel();
+        self.pool.spawn(move || {
+            // A panic is contained to this request's stage and reported, never unwinding the pool.
+            let _ = tx.send(std::panic::catch_unwind(AssertUnwindSafe(f)));
+        });
+        rx
+    }
+
+    fn launch(self: &Arc<Self>, id: SourceId, q: &Arc<QueryState>) -> Launched {
+        let start = Instant::now();
+        let Some(src) = self.sources[id.index()].clone() else {
+            return Launched {
+                id,
+                start,
+                rx: None,
+            };
+        };
+        let quotas = &self.cfg.retrieval.quotas;
+        let quota = match id {
+            SourceId::Ann => quotas.ann,
+            SourceId::Cf => quotas.cf,
+            SourceId::Content => quotas.content,
+            SourceId::Trending => quotas.trending,
+        };
+        let (eng, q) = (self.clone(), q.clone());
+        let rx = self.run_cpu(move || {
+            let allow = |i: ItemIdx| q.allows(&eng.bundle, i);
+            let rq = RetrievalQuery {
+                embedding: q.embedding.as_deref(),
+                recent_items: &q.recent,
+                category_prefs: &q.prefs,
+                allow: &allow,
+            };
+            src.retrieve(&rq, quota)
+        });
+        Launched {
+            id,
+            start,
+            rx: Some(rx),
+        }
+    }
+
+    async fn collect(&self, l: Launched, deadline: Instant) -> SourceResult {
+        let Some(rx) = l.rx else {
+            return SourceResult {
+                id: l.id,
+                ms: 0.0,
+                items: Err("unavailable".into()),
+            };
+        };
+        let limit = (l.start + Duration::from_millis(self.cfg.budget.source_ms)).min(deadline);
+        let items = match tokio::time::timeout_at(limit.into(), rx).await {
+            Ok(Ok(Ok(Ok(v)))) => Ok(v),
+            Ok(Ok(Ok(Err(e)))) => Err(e.to_string()),
+            Ok(Ok(Err(_))) => Err("panicked".into()),
+            Ok(Err(_)) => Err("dropped".into()),
+            Err(_) => Err("timeout".into()),
+        };
+        SourceResult {
+            id: l.id,
+            ms: ms(l.start.elapsed()),
+            items,
+        }
+    }
+
+    /// The user's features: Redis under the features slice, else the bundle's (stale) copy.
+    async fn user_features(&self, id: Option<u64>) -> (Option<UserFeatures>, bool) {
+        let Some(id) = id else {
+            return (None, false);
+        };
+        let embedded = || {
+            self.bundle
+                .features
+                .as_ref()
+                .and_then(|s| s.get(Entity::User, id))
+                .map(UserFeatures::from_row)
+        };
+        let Some(r) = &self.redis else {
+            return (embedded(), false);
+        };
+        let slice = Duration::from_millis(self.cfg.budget.features_ms);
+        match tokio::time::timeout(slice, r.user(id)).await {
+            Ok(Ok(u)) => (u, false),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "user features from redis failed; using the bundle's");
+                (embedded(), true)
+            }
+            Err(_) => {
+                tracing::debug!("user features from redis timed out; using the bundle's");
+                (embedded(), true)
+            }
+        }
+    }
+
+    /// Online overrides of the candidates' item features (Redis mode only).
+    async fn item_overrides(
+        &self,
+        items: &[ItemIdx],
+        deadline: Instant,
+    ) -> (HashMap<ItemIdx, ItemOverride>, bool) {
+        let Some(r) = &self.redis else {
+            return (HashMap::new(), false);
+        };
+        let ids: Vec<u64> = items
+            .iter()
+            .filter_map(|&i| self.bundle.catalog.get(i).map(|it| it.id))
+            .collect();
+        let slice =
+            (Instant::now() + Duration::from_millis(self.cfg.budget.features_ms)).min(deadline);
+        match tokio::time::timeout_at(slice.into(), r.items(&ids)).await {
+            Ok(Ok(o)) => (items.iter().copied().zip(o).collect(), false),
+            _ => (HashMap::new(), true),
+        }
+    }
+
+    fn now(&self, req: &RecommendRequest) -> i64 {
+        if let Some(t) = req
+            .context
+            .timestamp
+            .as_ref()
+            .and_then(|t| t.to_unix("context.timestamp").ok())
+        {
+            return t;
+        }
+        match (self.cfg.features.clock, self.cutoff) {
+            (Clock::Bundle, Some(c)) => c,
+            _ => chrono::Utc::now().timestamp(),
+        }
+    }
+
+    /// Runs the funnel for one request.
+    pub async fn recommend(
+        self: &Arc<Self>,
+        req: RecommendRequest,
+        request_id: String,
+    ) -> Result<RecommendResponse, ApiError> {
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_millis(self.cfg.budget.total_ms);
+        req.validate(&self.cfg.server)?;
+        let k = req.k as usize;
+        let now = self.now(&req);
+        let published_after = req
+            .filters
+            .published_after
+            .as_ref()
+            .map(|t| t.to_unix("filters.published_after"))
+            .transpose()?;
+        let filter = resolve_filter(&self.bundle, &req.filters, published_after)?;
+        let catalog = &self.bundle.catalog;
+        let session: Vec<ItemIdx> = req
+            .context
+            .session_items
+            .iter()
+            .filter_map(|&id| catalog.idx(id))
+            .collect();
+        let exclude: Vec<ItemIdx> = req
+            .exclude_items
+            .iter()
+            .filter_map(|&id| catalog.idx(id))
+            .collect();
+        let device = req
+            .context
+            .device
+            .as_deref()
+            .map(DeviceKind::parse)
+            .unwrap_or_default();
+        let blend = self.cfg.retrieval.session_blend;
+
+        // 1. Trending needs no user state: it runs while the features are fetched.
+        let early = Arc::new(query_state(
+            &self.bundle,
+            None,
+            &session,
+            &exclude,
+            filter.clone(),
+            blend,
+        ));
+        let trending = self.launch(SourceId::Trending, &early);
+        let tf = Instant::now();
+        let user_id = req.user_id.as_u64();
+        let (features, mut stale) = self.user_features(user_id).await;
+        let features_ms = ms(tf.elapsed());
+
+        // 2. The user-driven sources, concurrently.
+        let q = Arc::new(query_state(
+            &self.bundle,
+            features.as_ref(),
+            &session,
+            &exclude,
+            filter,
+            blend,
+        ));
+        let launched = [
+            self.launch(SourceId::Ann, &q),
+            self.launch(SourceId::Cf, &q),
+            self.launch(SourceId::Content, &q),
+        ];
+        let [a, c, n] = launched;
+        let (ra, rc, rn, rt) = tokio::join!(
+            self.collect(a, deadline),
+            self.collect(c, deadline),
+            self.collect(n, deadline),
+            self.collect(trending, deadline),
+        );
+        let mut timings = Timings {
+            features: features_ms,
+            sources: SourceTimings {
+                ann: ra.ms,
+                cf: rc.ms,
+                content: rn.ms,
+                trending: rt.ms,
+            },
+            ..Timings::default()
+        };
+        let mut per_source: Vec<(SourceId, Vec<ScoredItem>)> = Vec::with_capacity(4);
+        let mut explain = Explain {
+            user_known: features.is_some(),
+            history_len: features.as_ref().map_or(0, |f| f.history_len),
+            now,
+            ..Explain::default()
+        };
+        for r in [ra, rc, rn, rt] {
+            match r.items {
+                Ok(v) => {
+                    explain.per_source.insert(r.id.name().into(), v.len());
+                    per_source.push((r.id, v));
+                }
+                Err(e) => {
+                    explain.source_problems.insert(r.id.name().into(), e);
+                }
+            }
+        }
+
+        // 3. Merge, then the fallback chain when retrieval found nothing.
+        let tm = Instant::now();
+        let merged = merge(&per_source, &self.cfg.merge);
+        let mut level = if stale {
+            Degradation::StaleFeatures
+        } else {
+            Degradation::Full
+        };
+        let mut origins: Vec<Origin>;
+        let mut cands: Vec<Candidate>;
+        if !merged.is_empty() {
+            origins = vec![Origin::Retrieval; merged.len()];
+            cands = merged;
+        } else {
+            let batch: Vec<ItemIdx> = features
+                .as_ref()
+                .map(|f| {
+                    f.batch_recs
+                        .iter()
+                        .filter_map(|&id| catalog.idx(id))
+                        .filter(|&i| q.allows(&self.bundle, i))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let n = batch.len();
+            cands = batch
+                .into_iter()
+                .enumerate()
+                .map(|(r, item)| Candidate {
+                    item,
+                    source_scores: [0.0; 4],
+                    source_mask: 0,
+                    score: 1.0 - r as f32 / (n as f32 + 1.0),
+                })
+                .collect();
+            level = level.max(if cands.is_empty() {
+                Degradation::Popularity
+            } else {
+                Degradation::Batch
+            });
+            origins = vec![Origin::Batch; cands.len()];
+        }
+        // Fill from popularity so that k servable items exist whenever the catalog has them
+        // (cold users, narrow filters). Margin: online flags may still drop a few.
+        let servable = cands
+            .iter()
+            .filter(|c| q.allows(&self.bundle, c.item))
+            .count();
+        let want = k + k / 4 + 2;
+        if servable < want {
+            let present: std::collections::HashSet<ItemIdx> =
+                cands.iter().map(|c| c.item).collect();
+            let floor = cands.iter().map(|c| c.score).fold(0.0f32, f32::min);
+            let fill: Vec<ItemIdx> = self
+                .popular
+                .iter()
+                .copied()
+                .filter(|i| !present.contains(i) && q.allows(&self.bundle, *i))
+                .take(want - servable)
+                .collect();
+            let n = fill.len() as f32;
+            for (r, item) in fill.into_iter().enumerate() {
+                cands.push(Candidate {
+                    item,
+                    source_scores: [0.0; 4],
+                    source_mask: 0,
+                    score: floor - 1.0 - r as f32 / (n + 1.0),
+                });
+                origins.push(Origin::Popularity);
+            }
+        }
+        explain.candidates = cands.len();
+        timings.merge = ms(tm.elapsed());
+
+        // 4. Online item features for the candidates (flags, promotion, popularity, trending).
+        let ti = Instant::now();
+        let items: Vec<ItemIdx> = cands.iter().map(|c| c.item).collect();
+        let (overrides, items_stale) = self.item_overrides(&items, deadline).await;
+        stale |= items_stale;
+        if stale {
+            level = level.max(Degradation::StaleFeatures);
+        }
+        timings.item_features = ms(ti.elapsed());
+
+        // 5. Rank retrieval candidates; batch and popularity lists keep their own order.
+        let tr = Instant::now();
+        let overrides = Arc::new(overrides);
+        let mut scores: Vec<f32> = cands.iter().map(|c| c.score).collect();
+        if level <= Degradation::StaleFeatures {
+            match self.rank.plan() {
+                Some(plan) => {
+                    explain.ranker = Some(plan.model_id().to_string());
+                    let user = RankUser {
+                        embedding: features.as_ref().and_then(|f| f.embedding.clone()),
+                        prefs: if features.is_some() {
+                            q_prefs_unfiltered(&self.bundle, features.as_ref())
+                        } else {
+                            self.bundle.category_prior.clone()
+                        },
+                        history_len: features.as_ref().map_or(0, |f| f.history_len),
+                        device,
+                        has_session: !session.is_empty(),
+                        now,
+                    };
+                    match self
+                        .rank_candidates(plan, user, &cands, &overrides, deadline)
+                        .await
+                    {
+                        Ok(s) => scores = s,
+                        Err(e) => {
+                            explain.ranker = Some(format!("failed: {e}"));
+                            level = level.max(Degradation::SimpleRanking);
+                        }
+                    }
+                }
+                None => level = level.max(Degradation::SimpleRanking),
+            }
+        }
+        timings.rank = ms(tr.elapsed());
+
+        // 6. Re-rank with the business rules, then cut to k.
+        let tq = Instant::now();
+        let mut list: Vec<Ranked> = cands
+            .iter()
+            .zip(&origins)
+            .zip(&scores)
+            .map(|((c, &o), &s)| Ranked::new(c.item, s, c.source_mask, o))
+            .collect();
+        crate::rerank::sort_by_score(&mut list);
+        let view = ItemView {
+            bundle: &self.bundle,
+            overrides: &overrides,
+        };
+        let ctx = RerankContext {
+            items: &view,
+            seen: &q.seen,
+            filter: &q.filter,
+            now,
+            category_cap: self.cfg.rerank.active_cap(),
+        };
+        apply_all(&self.rules, &ctx, &mut list);
+        list.truncate(k);
+        timings.rerank = ms(tq.elapsed());
+
+        let items = list
+            .into_iter()
+            .filter_map(|r| {
+                let it = catalog.get(r.item)?;
+                let mut sources: Vec<String> = SourceId::ALL
+                    .iter()
+                    .filter(|s| r.source_mask & (1 << s.index()) != 0)
+                    .map(|s| s.name().to_string())
+                    .collect();
+                match r.origin {
+                    Origin::Retrieval => {}
+                    Origin::Batch => sources.push("batch".into()),
+                    Origin::Popularity => sources.push("popularity".into()),
+                }
+                let reasons = req.explain.then(|| {
+                    let mut why: Vec<String> = Vec::new();
+                    if r.source_mask.count_ones() >= 2 {
+                        why.push("multi_source".into());
+                    }
+                    why.extend(r.reasons.iter().map(|s| s.to_string()));
+                    why
+                });
+                Some(ItemOut {
+                    item_id: it.id,
+                    score: if r.score.is_finite() { r.score } else { 0.0 },
+                    sources,
+                    reasons,
+                })
+            })
+            .collect();
+        timings.total = ms(t0.elapsed());
+        Ok(RecommendResponse {
+            request_id,
+            bundle_version: self.bundle.manifest.version.clone(),
+            degradation: level,
+            items,
+            timings_ms: timings,
+            explain: req.explain.then_some(explain),
+        })
+    }
+
+    async fn rank_candidates(
+        self: &Arc<Self>,
+        plan: RankPlan,
+        user: RankUser,
+        cands: &[Candidate],
+        overrides: &Arc<HashMap<ItemIdx, ItemOverride>>,
+        deadline: Instant,
+    ) -> Result<Vec<f32>, String> {
+        let eng = self.clone();
+        let cands = cands.to_vec();
+        let overrides = overrides.clone();
+        let rx = self.run_cpu(move || {
+            let rows = eng.encode(&user, &cands, &overrides);
+            match plan.score(&rows, cands.len()) {
+                Ok(s) if s.len() == cands.len() => Ok(s),
+                Ok(s) => Err(format!("{} scores for {} candidates", s.len(), cands.len())),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        let limit = (Instant::now() + Duration::from_millis(self.cfg.budget.rank_ms)).min(deadline);
+        match tokio::time::timeout_at(limit.into(), rx).await {
+            Ok(Ok(Ok(r))) => r,
+            Ok(Ok(Err(_))) => Err("panicked".into()),
+            Ok(Err(_)) => Err("dropped".into()),
+            Err(_) => Err("timeout".into()),
+        }
+    }
+
+    /// Ranker input rows through the shared encoder (the builder trains on the same rows).
+    fn encode(
+        &self,
+        user: &RankUser,
+        cands: &[Candidate],
+        overrides: &HashMap<ItemIdx, ItemOverride>,
+    ) -> Vec<f32> {
+        let u = UserSignals {
+            embedding: user.embedding.as_deref(),
+            category_prefs: &user.prefs,
+            history_len: user.history_len,
+            device: user.device,
+            has_session: user.has_session,
+        };
+        let zero = vec![0.0f32; self.bundle.dim];
+        let mut rows = Vec::with_capacity(cands.len() * INPUT_DIM);
+        for c in cands {
+            let Some(item) = self.bundle.catalog.get(c.item) else {
+                rows.resize(rows.len() + INPUT_DIM, 0.0);
+                continue;
+            };
+            let o = overrides.get(&c.item).copied().unwrap_or_default();
+            let at = c.item as usize;
+            let pop = o
+                .popularity
+                .unwrap_or_else(|| self.bundle.popularity.get(at).copied().unwrap_or(0.0));
+            let published = o.published_at.unwrap_or(item.published_at);
+            let i = ItemSignals {
+                embedding: self.bundle.item_embedding(c.item).unwrap_or(&zero),
+                categories: &item.categories,
+                log_popularity: pop.max(0.0).ln_1p(),
+                trending: o
+                    .trending
+                    .unwrap_or_else(|| self.bundle.trending_score.get(at).copied().unwrap_or(0.0)),
+                age_days: ((user.now - published) as f32 / 86_400.0).max(0.0),
+                promoted: o.promoted.unwrap_or(item.promoted),
+            };
+            let cs = CandidateSignals {
+                source_scores: c.source_scores,
+                source_mask: c.source_mask,
+                merged_score: c.score,
+            };
+            push_row(&mut rows, &u, &i, &cs);
+        }
+        rows
+    }
+}
+
+/// The user's category preferences as trained on (no filter adjustments).
+fn q_prefs_unfiltered(bundle: &Bundle, f: Option<&UserFeatures>) -> Vec<f32> {
+    let mut prefs = vec![0.0f32; bundle.catalog.categories.len()];
+    if let Some(f) = f {
+        for (name, &w) in &f.category_prefs {
+            if let Some(c) = bundle.catalog.category_idx(name) {
+                prefs[c as usize] = if w.is_finite() { w } else { 0.0 };
+            }
+        }
+    }
+    prefs
+}
+
+struct RankUser {
+    embedding: Option<Vec<f32>>,
+    prefs: Vec<f32>,
+    history_len: u32,
+    device: DeviceKind,
+    has_session: bool,
+    now: i64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FeatureStoreState {
+    pub kind: &'static str,
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached_items: Option<u64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Readiness {
+    /// "ready", or "degraded" when a dependency is down (the server still answers).
+    pub status: &'static str,
+    pub bundle_version: String,
+    pub feature_store: FeatureStoreState,
+    pub components: BTreeMap<String, String>,
+}

@@ -1,0 +1,144 @@
+//! The server's read side of online features: a user's features and per-item overrides, from
+//! Redis (pipelined, through the multiplexed connection; hot item rows cached in moka with a TTL)
+//! or from the bundle's embedded store. Values are decoded once into typed structs here so the
+//! request path never touches feature names.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::{Entity, FeatureError, FeatureRow, RedisFeatureStore};
+
+/// The user features the request path uses (absent features take their declared defaults).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserFeatures {
+    /// None when absent or all zeros (the declared default: no embedding known).
+    pub embedding: Option<Vec<f32>>,
+    /// Item ids, newest first.
+    pub recent_items: Vec<u64>,
+    pub category_prefs: BTreeMap<String, f32>,
+    pub history_len: u32,
+    /// Nightly batch top-k item ids, best first.
+    pub batch_recs: Vec<u64>,
+}
+
+impl UserFeatures {
+    pub fn from_row(row: &FeatureRow) -> Self {
+        let embedding = row
+            .get("user_embedding")
+            .and_then(|v| v.as_f32_slice())
+            .filter(|v| v.iter().any(|x| *x != 0.0) && v.iter().all(|x| x.is_finite()))
+            .map(<[f32]>::to_vec);
+        let ids = |name: &str| -> Vec<u64> {
+            row.get(name)
+                .and_then(|v| v.as_i64_slice())
+                .map(|s| s.iter().filter_map(|&i| u64::try_from(i).ok()).collect())
+                .unwrap_or_default()
+        };
+        UserFeatures {
+            embedding,
+            recent_items: ids("recent_items"),
+            category_prefs: row
+                .get("category_prefs")
+                .and_then(|v| v.as_f32_map())
+                .cloned()
+                .unwrap_or_default(),
+            history_len: row
+                .get("history_len")
+                .and_then(|v| v.as_i64())
+                .map(|n| n.clamp(0, u32::MAX as i64) as u32)
+                .unwrap_or(0),
+            batch_recs: ids("batch_recs"),
+        }
+    }
+}
+
+/// Online values of an item that override the bundle's (e.g. a policy flag set after the build).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ItemOverride {
+    pub flagged: Option<bool>,
+    pub promoted: Option<bool>,
+    pub popularity: Option<f32>,
+    pub trending: Option<f32>,
+    pub published_at: Option<i64>,
+}
+
+impl ItemOverride {
+    pub fn from_row(row: &FeatureRow) -> Self {
+        ItemOverride {
+            flagged: row.get("flagged").and_then(|v| v.as_bool()),
+            promoted: row.get("promoted").and_then(|v| v.as_bool()),
+            popularity: row.get("popularity").and_then(|v| v.as_f32()),
+            trending: row.get("trending").and_then(|v| v.as_f32()),
+            published_at: row.get("published_at").and_then(|v| v.as_i64()),
+        }
+    }
+}
+
+/// Redis-backed online features for one bundle version.
+pub struct RedisOnline {
+    store: RedisFeatureStore,
+    version: String,
+    /// item id → its override (a default override for ids Redis has no row for).
+    items: moka::sync::Cache<u64, ItemOverride>,
+}
+
+impl RedisOnline {
+    pub fn new(
+        store: RedisFeatureStore,
+        version: &str,
+        cache_ttl: Duration,
+        capacity: u64,
+    ) -> Self {
+        RedisOnline {
+            store,
+            version: version.to_owned(),
+            items: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(cache_ttl)
+                .build(),
+        }
+    }
+
+    pub async fn user(&self, id: u64) -> Result<Option<UserFeatures>, FeatureError> {
+        Ok(self
+            .store
+            .get(Entity::User, id, &self.version)
+            .await?
+            .map(|row| UserFeatures::from_row(&row)))
+    }
+
+    /// Overrides for `ids` (same order): cached rows first, one pipeline for the misses.
+    pub async fn items(&self, ids: &[u64]) -> Result<Vec<ItemOverride>, FeatureError> {
+        let mut out: Vec<Option<ItemOverride>> = ids.iter().map(|id| self.items.get(id)).collect();
+        let misses: Vec<u64> = ids
+            .iter()
+            .zip(&out)
+            .filter(|(_, o)| o.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        if !misses.is_empty() {
+            let rows = self
+                .store
+                .get_many(Entity::Item, &misses, &self.version)
+                .await?;
+            let mut fetched = misses.iter().zip(rows).map(|(id, row)| {
+                let o = row.as_ref().map(ItemOverride::from_row).unwrap_or_default();
+                self.items.insert(*id, o);
+                o
+            });
+            for slot in out.iter_mut().filter(|o| o.is_none()) {
+                *slot = fetched.next();
+            }
+        }
+        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// Reachability check for `/readyz`.
+    pub async fn ping(&self) -> Result<(), FeatureError> {
+        self.store.current_version().await.map(|_| ())
+    }
+
+    pub fn cached_items(&self) -> u64 {
+        self.items.entry_count()
+    }
+}

@@ -1,0 +1,159 @@
+//! Shared fixtures of the server tests: a real bundle built by the index-builder library from
+//! synthetic data, and a real HTTP server on a loopback port.
+#![allow(dead_code)] // each test binary uses its own subset
+
+#[path = "../../index-builder/tests/common/redis.rs"]
+pub mod redis;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use funnel::bundle::Bundle;
+use funnel::config::{Clock, EngineConfig};
+use funnel::engine::{connect_redis, Engine};
+use funnel::features::FeatureRegistry;
+use index_builder::build::{run, BuildArgs};
+use index_builder::config::BuildConfig;
+use index_builder::synth::{self, SynthConfig};
+
+/// A small synthetic bundle in `dir` (optionally pushing its online features to `redis`).
+pub fn build_bundle(dir: &Path, redis: Option<String>) -> PathBuf {
+    let _ = std::fs::remove_dir_all(dir);
+    let data = synth::generate(&SynthConfig::new(600, 2_000, 30_000, 7));
+    let files = synth::write(&data, &dir.join("data")).expect("synth write");
+    let out = dir.join("bundle");
+    let mut cfg = BuildConfig::default();
+    cfg.rankers.epochs = 8;
+    cfg.als.iterations = 6;
+    run(BuildArgs {
+        interactions: files.interactions,
+        items: Some(files.items),
+        out: out.clone(),
+        holdout: None,
+        redis,
+        config: cfg,
+        registry: FeatureRegistry::bundled().expect("feature defs"),
+        quiet: true,
+        seed: 7,
+    })
+    .expect("build bundle");
+    out
+}
+
+/// The bundle shared by the tests of one binary, built once.
+pub fn shared_bundle() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("server-tests-{}", std::process::id()));
+        build_bundle(&dir, None)
+    })
+}
+
+pub fn test_config() -> EngineConfig {
+    let mut cfg = EngineConfig::default();
+    // Synthetic data is historical; the wall clock would make every item years old.
+    cfg.features.clock = Clock::Bundle;
+    cfg.server.listen = "127.0.0.1:0".into();
+    cfg
+}
+
+/// A live server on a loopback port, stopped on drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub engine: Arc<Engine>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start(bundle: &Path, cfg: EngineConfig, redis: Option<&str>) -> TestServer {
+        let registry = FeatureRegistry::bundled().expect("feature defs");
+        let b = Bundle::open(bundle, &registry).expect("open bundle");
+        let store = match redis {
+            Some(url) => Some(connect_redis(url, &registry, &cfg).await.expect("redis")),
+            None => None,
+        };
+        let engine = Engine::new(b, cfg, store).expect("engine");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let e = engine.clone();
+        let task = tokio::spawn(async move {
+            funnel::server::serve(
+                e,
+                "127.0.0.1:0".parse().expect("addr"),
+                move |a| {
+                    let _ = bound_tx.send(a);
+                },
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+            .expect("serve");
+        });
+        let addr = tokio::task::spawn_blocking(move || bound_rx.recv().expect("bound"))
+            .await
+            .expect("join");
+        TestServer {
+            addr,
+            engine,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POSTs a JSON body to /v1/recommend; returns (status, JSON body).
+    pub async fn recommend(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.post_raw(body.to_string().into_bytes()).await
+    }
+
+    pub async fn post_raw(&self, body: Vec<u8>) -> (u16, serde_json::Value) {
+        let r = reqwest::Client::new()
+            .post(self.url("/v1/recommend"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("send");
+        let status = r.status().as_u16();
+        let v = r.json::<serde_json::Value>().await.expect("JSON body");
+        (status, v)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = reqwest::get(self.url(path)).await.expect("get");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("JSON body"))
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Item ids of a response, in order.
+pub fn item_ids(v: &serde_json::Value) -> Vec<u64> {
+    v["items"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|i| i["item_id"].as_u64()).collect())
+        .unwrap_or_default()
+}
