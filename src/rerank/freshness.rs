@@ -30,7 +30,13 @@ impl RerankRule for FreshnessFloor {
         let cats = |r: &Ranked| -> Vec<u32> {
             ctx.items
                 .facts(r.item)
-                .map(|f| f.categories.to_vec())
+                .map(|f| {
+                    f.categories
+                        .iter()
+                        .copied()
+                        .filter(|&c| ctx.capped(c))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let mut have = list[..top].iter().filter(|r| fresh(r)).count();

@@ -81,6 +81,15 @@ pub struct RerankContext<'a> {
 }
 
 impl RerankContext<'_> {
+    /// Whether the category cap counts category `c`: not when the request asked for it
+    /// (`categories_any`), since "only comedies" cannot also mean "at most 3 comedies".
+    pub fn capped(&self, c: u32) -> bool {
+        self.filter
+            .categories_any
+            .as_ref()
+            .is_none_or(|only| !only.contains(&c))
+    }
+
     /// True when the hard rules (policy, seen, filters) let `item` be served.
     pub fn servable(&self, item: ItemIdx) -> bool {
         match self.items.facts(item) {
