@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::breaker::BreakerConfig;
 use crate::merge::MergeConfig;
 use crate::rerank::RerankConfig;
 use crate::sources::SourceQuotas;
@@ -26,6 +27,9 @@ pub struct EngineConfig {
     pub ranking: RankingConfig,
     #[serde(default)]
     pub rerank: RerankConfig,
+    /// Circuit breakers around Redis, each source and each ranker.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -221,7 +225,11 @@ impl EngineConfig {
 
     pub fn validate(&self) -> Result<(), String> {
         let b = &self.budget;
-        let checks: [(bool, &str); 9] = [
+        let checks: [(bool, &str); 10] = [
+            (
+                self.breaker.failure_threshold >= 1,
+                "breaker.failure_threshold must be >= 1",
+            ),
             (b.total_ms > 0, "budget.total_ms must be > 0"),
             (
                 b.features_ms <= b.total_ms && b.source_ms <= b.total_ms && b.rank_ms <= b.total_ms,

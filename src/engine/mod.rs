@@ -8,6 +8,7 @@
 //! `degradation` says how far down the fallback chain the answer came from.
 
 pub mod api;
+pub mod breaker;
 pub mod context;
 
 use std::collections::{BTreeMap, HashMap};
@@ -38,6 +39,7 @@ use self::api::{
     ApiError, Degradation, Explain, ItemOut, RecommendRequest, RecommendResponse, SourceTimings,
     Timings,
 };
+use self::breaker::Breaker;
 use self::context::{query_state, resolve_filter, ItemView, QueryState};
 
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +70,13 @@ pub struct Engine {
     rank: RankStage,
     rules: Vec<Box<dyn RerankRule>>,
     redis: Option<RedisOnline>,
+    redis_breaker: Breaker,
+    /// Indexed by `SourceId::index()`.
+    source_breakers: Vec<Breaker>,
+    /// Runs the sources.
     pool: rayon::ThreadPool,
+    /// Runs the rankers, apart so that a hung model cannot starve retrieval.
+    rank_pool: rayon::ThreadPool,
     /// Every item, most popular first: cold-start fill and the last-resort fallback.
     popular: Vec<ItemIdx>,
     /// The bundle's data cutoff (unix seconds), when it records one.
@@ -97,7 +105,8 @@ type CpuResult<T> = oneshot::Receiver<std::thread::Result<T>>;
 struct Launched {
     id: SourceId,
     start: Instant,
-    rx: Option<CpuResult<Result<Vec<ScoredItem>, SourceError>>>,
+    /// Err: why the source was not called.
+    rx: Result<CpuResult<Result<Vec<ScoredItem>, SourceError>>, &'static str>,
 }
 
 struct SourceResult {
@@ -135,6 +144,7 @@ impl Engine {
             std::mem::take(&mut bundle.rankers),
             bundle.rankers_manifest.as_ref(),
             cfg.ranking.model.as_deref(),
+            cfg.breaker,
         )
         .map_err(EngineError::Config)?;
         let mut popular: Vec<ItemIdx> = (0..bundle.catalog.len() as ItemIdx).collect();
@@ -147,11 +157,14 @@ impl Engine {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("funnel-cpu-{i}"))
-            .build()
-            .map_err(|e| EngineError::Pool(e.to_string()))?;
+        let pool_of = |name: &'static str| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(move |i| format!("funnel-{name}-{i}"))
+                .build()
+                .map_err(|e| EngineError::Pool(e.to_string()))
+        };
+        let (pool, rank_pool) = (pool_of("sources")?, pool_of("rank")?);
         let redis = redis.map(|store| {
             RedisOnline::new(
                 store,
@@ -160,7 +173,14 @@ impl Engine {
                 cfg.features.item_cache_capacity,
             )
         });
+        let source_breakers = SourceId::ALL
+            .iter()
+            .map(|s| Breaker::new(format!("source.{}", s.name()), cfg.breaker))
+            .collect();
         Ok(Arc::new(Engine {
+            redis_breaker: Breaker::new("redis", cfg.breaker),
+            source_breakers,
+            rank_pool,
             rules: cfg.rerank.build(),
             cfg,
             bundle,
@@ -207,11 +227,28 @@ impl Engine {
         }
         components.insert(
             "ranker".into(),
-            match self.rank.plan() {
-                Some(p) => format!("ok: {}", p.model_id()),
+            match self.rank.preferred() {
+                Some(m) => format!("ok: {}", m.id()),
                 None => "unavailable: no ranker loaded".into(),
             },
         );
+        let mut breakers = BTreeMap::new();
+        let all = std::iter::once(&self.redis_breaker)
+            .filter(|_| self.redis.is_some())
+            .chain(&self.source_breakers)
+            .chain(self.rank.breakers());
+        for b in all {
+            let (opened, skipped, failures) = b.counts();
+            breakers.insert(
+                b.name().to_string(),
+                BreakerState {
+                    state: b.state_name(),
+                    opened,
+                    skipped,
+                    failures,
+                },
+            );
+        }
         for (c, e) in &self.bundle.problems {
             components
                 .entry(c.clone())
@@ -240,7 +277,9 @@ impl Engine {
                 },
             ),
         };
-        let degraded = state != "ok" || components.values().any(|s| !s.starts_with("ok"));
+        let degraded = state != "ok"
+            || components.values().any(|s| !s.starts_with("ok"))
+            || breakers.values().any(|b| b.state != "closed");
         Readiness {
             status: if degraded { "degraded" } else { "ready" },
             bundle_version: self.bundle.manifest.version.clone(),
@@ -250,12 +289,16 @@ impl Engine {
                 cached_items: self.redis.as_ref().map(|r| r.cached_items()),
             },
             components,
+            breakers,
         }
     }
 
-    fn run_cpu<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> CpuResult<T> {
+    fn run_cpu<T: Send + 'static>(
+        pool: &rayon::ThreadPool,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> CpuResult<T> {
         let (tx, rx) = oneshot::channel();
-        self.pool.spawn(move || {
+        pool.spawn(move || {
             // A panic is contained to this request's stage and reported, never unwinding the pool.
             let _ = tx.send(std::panic::catch_unwind(AssertUnwindSafe(f)));
         });
@@ -268,9 +311,16 @@ impl Engine {
             return Launched {
                 id,
                 start,
-                rx: None,
+                rx: Err("unavailable"),
             };
         };
+        if !self.source_breakers[id.index()].allow() {
+            return Launched {
+                id,
+                start,
+                rx: Err("circuit open"),
+            };
+        }
         let quotas = &self.cfg.retrieval.quotas;
         let quota = match id {
             SourceId::Ann => quotas.ann,
@@ -279,7 +329,7 @@ impl Engine {
             SourceId::Trending => quotas.trending,
         };
         let (eng, q) = (self.clone(), q.clone());
-        let rx = self.run_cpu(move || {
+        let rx = Self::run_cpu(&self.pool, move || {
             let allow = |i: ItemIdx| q.allows(&eng.bundle, i);
             let rq = RetrievalQuery {
                 embedding: q.embedding.as_deref(),
@@ -292,17 +342,20 @@ impl Engine {
         Launched {
             id,
             start,
-            rx: Some(rx),
+            rx: Ok(rx),
         }
     }
 
     async fn collect(&self, l: Launched, deadline: Instant) -> SourceResult {
-        let Some(rx) = l.rx else {
-            return SourceResult {
-                id: l.id,
-                ms: 0.0,
-                items: Err("unavailable".into()),
-            };
+        let rx = match l.rx {
+            Ok(rx) => rx,
+            Err(why) => {
+                return SourceResult {
+                    id: l.id,
+                    ms: 0.0,
+                    items: Err(why.into()),
+                }
+            }
         };
         let limit = (l.start + Duration::from_millis(self.cfg.budget.source_ms)).min(deadline);
         let items = match tokio::time::timeout_at(limit.into(), rx).await {
@@ -312,6 +365,7 @@ impl Engine {
             Ok(Err(_)) => Err("dropped".into()),
             Err(_) => Err("timeout".into()),
         };
+        self.source_breakers[l.id.index()].record(items.is_ok());
         SourceResult {
             id: l.id,
             ms: ms(l.start.elapsed()),
@@ -334,8 +388,13 @@ impl Engine {
         let Some(r) = &self.redis else {
             return (embedded(), false);
         };
+        if !self.redis_breaker.allow() {
+            return (embedded(), true);
+        }
         let slice = Duration::from_millis(self.cfg.budget.features_ms);
-        match tokio::time::timeout(slice, r.user(id)).await {
+        let got = tokio::time::timeout(slice, r.user(id)).await;
+        self.redis_breaker.record(matches!(got, Ok(Ok(_))));
+        match got {
             Ok(Ok(u)) => (u, false),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "user features from redis failed; using the bundle's");
@@ -361,11 +420,26 @@ impl Engine {
             .iter()
             .filter_map(|&i| self.bundle.catalog.get(i).map(|it| it.id))
             .collect();
+        // The user-feature fetch is the breaker's probe; items only go to Redis when it is closed.
+        if !self.redis_breaker.is_closed() {
+            let cached = r.cached_only(&ids);
+            return (items.iter().copied().zip(cached).collect(), true);
+        }
         let slice =
             (Instant::now() + Duration::from_millis(self.cfg.budget.features_ms)).min(deadline);
-        match tokio::time::timeout_at(slice.into(), r.items(&ids)).await {
-            Ok(Ok(o)) => (items.iter().copied().zip(o).collect(), false),
-            _ => (HashMap::new(), true),
+        let got = tokio::time::timeout_at(slice.into(), r.items(&ids)).await;
+        match got {
+            Ok(Ok((o, asked))) => {
+                // All cache hits say nothing about Redis's health.
+                if asked {
+                    self.redis_breaker.record(true);
+                }
+                (items.iter().copied().zip(o).collect(), false)
+            }
+            _ => {
+                self.redis_breaker.record(false);
+                (HashMap::new(), true)
+            }
         }
     }
 
@@ -683,21 +757,24 @@ impl Engine {
         let eng = self.clone();
         let cands = cands.to_vec();
         let overrides = overrides.clone();
-        let rx = self.run_cpu(move || {
+        let model = plan.model.clone();
+        let rx = Self::run_cpu(&self.rank_pool, move || {
             let rows = eng.encode(&user, &cands, &overrides);
-            match plan.score(&rows, cands.len()) {
+            match crate::ranking::stage::score_with(&*model, &rows, cands.len()) {
                 Ok(s) if s.len() == cands.len() => Ok(s),
                 Ok(s) => Err(format!("{} scores for {} candidates", s.len(), cands.len())),
                 Err(e) => Err(e.to_string()),
             }
         });
         let limit = (Instant::now() + Duration::from_millis(self.cfg.budget.rank_ms)).min(deadline);
-        match tokio::time::timeout_at(limit.into(), rx).await {
+        let out = match tokio::time::timeout_at(limit.into(), rx).await {
             Ok(Ok(Ok(r))) => r,
             Ok(Ok(Err(_))) => Err("panicked".into()),
             Ok(Err(_)) => Err("dropped".into()),
             Err(_) => Err("timeout".into()),
-        }
+        };
+        self.rank.record(&plan, out.is_ok());
+        out
     }
 
     /// Ranker input rows through the shared encoder (the builder trains on the same rows).
@@ -785,4 +862,16 @@ pub struct Readiness {
     pub bundle_version: String,
     pub feature_store: FeatureStoreState,
     pub components: BTreeMap<String, String>,
+    /// Circuit breaker per dependency.
+    pub breakers: BTreeMap<String, BreakerState>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BreakerState {
+    /// closed, open or half_open.
+    pub state: &'static str,
+    /// Times it opened, calls it skipped, failures recorded (since start).
+    pub opened: u64,
+    pub skipped: u64,
+    pub failures: u64,
 }

@@ -107,8 +107,9 @@ impl RedisOnline {
             .map(|row| UserFeatures::from_row(&row)))
     }
 
-    /// Overrides for `ids` (same order): cached rows first, one pipeline for the misses.
-    pub async fn items(&self, ids: &[u64]) -> Result<Vec<ItemOverride>, FeatureError> {
+    /// Overrides for `ids` (same order): cached rows first, one pipeline for the misses. The flag
+    /// says whether Redis was asked (false when the cache had every item).
+    pub async fn items(&self, ids: &[u64]) -> Result<(Vec<ItemOverride>, bool), FeatureError> {
         let mut out: Vec<Option<ItemOverride>> = ids.iter().map(|id| self.items.get(id)).collect();
         let misses: Vec<u64> = ids
             .iter()
@@ -116,7 +117,8 @@ impl RedisOnline {
             .filter(|(_, o)| o.is_none())
             .map(|(id, _)| *id)
             .collect();
-        if !misses.is_empty() {
+        let asked = !misses.is_empty();
+        if asked {
             let rows = self
                 .store
                 .get_many(Entity::Item, &misses, &self.version)
@@ -130,7 +132,17 @@ impl RedisOnline {
                 *slot = fetched.next();
             }
         }
-        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
+        Ok((
+            out.into_iter().map(Option::unwrap_or_default).collect(),
+            asked,
+        ))
+    }
+
+    /// Overrides from the cache alone (defaults where nothing is cached): while Redis is down.
+    pub fn cached_only(&self, ids: &[u64]) -> Vec<ItemOverride> {
+        ids.iter()
+            .map(|id| self.items.get(id).unwrap_or_default())
+            .collect()
     }
 
     /// Reachability check for `/readyz`.

@@ -76,6 +76,11 @@ impl TestServer {
             None => None,
         };
         let engine = Engine::new(b, cfg, store).expect("engine");
+        Self::serve(engine).await
+    }
+
+    /// Serves an engine built by the test (e.g. with an injected faulty ranker).
+    pub async fn serve(engine: Arc<Engine>) -> TestServer {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         let e = engine.clone();
@@ -111,6 +116,13 @@ impl TestServer {
     /// POSTs a JSON body to /v1/recommend; returns (status, JSON body).
     pub async fn recommend(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
         self.post_raw(body.to_string().into_bytes()).await
+    }
+
+    /// Like [`Self::recommend`], also returning the client-side wall time in ms.
+    pub async fn timed(&self, body: serde_json::Value) -> (u16, serde_json::Value, f64) {
+        let t = std::time::Instant::now();
+        let (st, v) = self.recommend(body).await;
+        (st, v, t.elapsed().as_secs_f64() * 1e3)
     }
 
     pub async fn post_raw(&self, body: Vec<u8>) -> (u16, serde_json::Value) {
@@ -156,4 +168,24 @@ pub fn item_ids(v: &serde_json::Value) -> Vec<u64> {
         .as_array()
         .map(|a| a.iter().filter_map(|i| i["item_id"].as_u64()).collect())
         .unwrap_or_default()
+}
+
+/// Copies a bundle's current version directory to `to` (for tests that break components).
+pub fn copy_version(bundle: &Path, to: &Path) -> PathBuf {
+    let src = funnel::bundle::resolve_version_dir(bundle).expect("version dir");
+    fn copy(a: &Path, b: &Path) {
+        std::fs::create_dir_all(b).expect("mkdir");
+        for e in std::fs::read_dir(a).expect("read_dir").flatten() {
+            let p = e.path();
+            let q = b.join(e.file_name());
+            if p.is_dir() {
+                copy(&p, &q);
+            } else {
+                std::fs::copy(&p, &q).expect("copy");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(to);
+    copy(&src, to);
+    to.to_path_buf()
 }

@@ -11,18 +11,40 @@ pub struct RedisServer {
     child: Child,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// With an append-only file, so a restart finds the data again (like a production Redis).
+    persistent: bool,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        Self::start_with(false)
+    }
+
+    /// A server whose data survives `kill` + `restart` (append-only file, fsync always).
+    pub fn start_persistent() -> RedisServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> RedisServer {
         for _ in 0..10 {
             let port = free_port();
             let dir = tempfile::tempdir().unwrap();
-            if let Some(child) = spawn_redis(port, dir.path()) {
-                return RedisServer { child, port, dir };
+            if let Some(child) = spawn_redis(port, dir.path(), persistent) {
+                return RedisServer {
+                    child,
+                    port,
+                    dir,
+                    persistent,
+                };
             }
         }
         panic!("could not start redis-server");
+    }
+
+    /// Kills the server (SIGKILL) without starting another.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn url(&self) -> String {
@@ -36,13 +58,13 @@ impl RedisServer {
             .unwrap()
     }
 
-    /// Kills the server and starts a fresh (empty) one on the same port.
+    /// Kills the server and starts another on the same port: empty, or with the data back when
+    /// persistent.
     pub fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(child) = spawn_redis(self.port, self.dir.path()) {
+            if let Some(child) = spawn_redis(self.port, self.dir.path(), self.persistent) {
                 self.child = child;
                 return;
             }
@@ -74,10 +96,16 @@ pub fn free_port() -> u16 {
 }
 
 /// Starts redis-server and waits for PING; `None` if it exits (e.g. the port was taken).
-fn spawn_redis(port: u16, dir: &std::path::Path) -> Option<Child> {
+fn spawn_redis(port: u16, dir: &std::path::Path, persistent: bool) -> Option<Child> {
+    let aof: &[&str] = if persistent {
+        &["--appendonly", "yes", "--appendfsync", "always"]
+    } else {
+        &["--appendonly", "no"]
+    };
     let mut child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
+        .args(["--save", ""])
+        .args(aof)
         .arg("--dir")
         .arg(dir)
         .stdout(Stdio::null())
