@@ -75,8 +75,10 @@ pub struct Engine {
     source_breakers: Vec<Breaker>,
     /// Runs the sources.
     pool: rayon::ThreadPool,
-    /// Runs the rankers, apart so that a hung model cannot starve retrieval.
-    rank_pool: rayon::ThreadPool,
+    /// Bounds concurrent ranking jobs. They run on tokio's blocking threads, not the sources'
+    /// pool, so a hung model cannot starve retrieval (and, unlike a second rayon pool, idle
+    /// blocking threads do not spin on the two cores).
+    rank_slots: Arc<tokio::sync::Semaphore>,
     /// Every item, most popular first: cold-start fill and the last-resort fallback.
     popular: Vec<ItemIdx>,
     /// The bundle's data cutoff (unix seconds), when it records one.
@@ -164,7 +166,7 @@ impl Engine {
                 .build()
                 .map_err(|e| EngineError::Pool(e.to_string()))
         };
-        let (pool, rank_pool) = (pool_of("sources")?, pool_of("rank")?);
+        let pool = pool_of("sources")?;
         let redis = redis.map(|store| {
             RedisOnline::new(
                 store,
@@ -180,7 +182,7 @@ impl Engine {
         Ok(Arc::new(Engine {
             redis_breaker: Breaker::new("redis", cfg.breaker),
             source_breakers,
-            rank_pool,
+            rank_slots: Arc::new(tokio::sync::Semaphore::new(threads)),
             rules: cfg.rerank.build(),
             cfg,
             bundle,
@@ -758,19 +760,32 @@ impl Engine {
         let cands = cands.to_vec();
         let overrides = overrides.clone();
         let model = plan.model.clone();
-        let rx = Self::run_cpu(&self.rank_pool, move || {
-            let rows = eng.encode(&user, &cands, &overrides);
-            match crate::ranking::stage::score_with(&*model, &rows, cands.len()) {
-                Ok(s) if s.len() == cands.len() => Ok(s),
-                Ok(s) => Err(format!("{} scores for {} candidates", s.len(), cands.len())),
-                Err(e) => Err(e.to_string()),
-            }
-        });
         let limit = (Instant::now() + Duration::from_millis(self.cfg.budget.rank_ms)).min(deadline);
-        let out = match tokio::time::timeout_at(limit.into(), rx).await {
-            Ok(Ok(Ok(r))) => r,
-            Ok(Ok(Err(_))) => Err("panicked".into()),
-            Ok(Err(_)) => Err("dropped".into()),
+        let slots = self.rank_slots.clone();
+        let job = async move {
+            // The permit travels with the job: a model that overruns keeps its slot until it
+            // returns, so hung models cannot pile up threads.
+            let permit = slots
+                .acquire_owned()
+                .await
+                .map_err(|_| "rank slots closed".to_string())?;
+            let handle = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                let rows = eng.encode(&user, &cands, &overrides);
+                match crate::ranking::stage::score_with(&*model, &rows, cands.len()) {
+                    Ok(s) if s.len() == cands.len() => Ok(s),
+                    Ok(s) => Err(format!("{} scores for {} candidates", s.len(), cands.len())),
+                    Err(e) => Err(e.to_string()),
+                }
+            });
+            match handle.await {
+                Ok(r) => r,
+                Err(e) if e.is_panic() => Err("panicked".to_string()),
+                Err(_) => Err("cancelled".to_string()),
+            }
+        };
+        let out = match tokio::time::timeout_at(limit.into(), job).await {
+            Ok(r) => r,
             Err(_) => Err("timeout".into()),
         };
         self.rank.record(&plan, out.is_ok());
