@@ -205,20 +205,7 @@ impl EngineConfig {
 
     /// Parses TOML text; errors start with `:line: ` when the line is known, else `: `.
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        let cfg: EngineConfig = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| {
-                    text.as_bytes()[..s.start.min(text.len())]
-                        .iter()
-                        .filter(|&&b| b == b'\n')
-                        .count()
-                        + 1
-                })
-                .map(|l| format!(":{l}"))
-                .unwrap_or_default();
-            format!("{line}: {}", e.message().trim_end())
-        })?;
+        let cfg: EngineConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         cfg.validate().map_err(|m| format!(": {m}"))?;
         Ok(cfg)
     }
@@ -271,6 +258,23 @@ impl EngineConfig {
         }
         self.rerank.validate()
     }
+}
+
+/// A TOML parse error as `:line: message` (or `: message` when the position is unknown), for
+/// callers to prefix with the file name. Shared by every typed config in the workspace.
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let line = e
+        .span()
+        .map(|s| {
+            text.as_bytes()[..s.start.min(text.len())]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1
+        })
+        .map(|l| format!(":{l}"))
+        .unwrap_or_default();
+    format!("{line}: {}", e.message().trim_end())
 }
 
 #[cfg(test)]

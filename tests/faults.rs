@@ -46,12 +46,7 @@ async fn redis_killed_then_restarted() {
     let mut redis = common::redis::RedisServer::start_persistent();
     let dir = tmp("kill");
     let url = redis.url();
-    let bundle = std::thread::spawn({
-        let (dir, url) = (dir.clone(), url.clone());
-        move || common::build_bundle(&dir, Some(url))
-    })
-    .join()
-    .expect("build");
+    let bundle = common::build_bundle_pushed(&dir, &url);
     let mut cfg = test_config();
     cfg.breaker.open_ms = 300;
     let s = TestServer::start(&bundle, cfg, Some(&url)).await;
@@ -140,12 +135,7 @@ async fn slow_redis_stays_within_the_deadline() {
     let redis = common::redis::RedisServer::start();
     let dir = tmp("slow");
     let url = redis.url();
-    let bundle = std::thread::spawn({
-        let (dir, url) = (dir.clone(), url.clone());
-        move || common::build_bundle(&dir, Some(url))
-    })
-    .join()
-    .expect("build");
+    let bundle = common::build_bundle_pushed(&dir, &url);
     let delay = Arc::new(AtomicU64::new(0));
     let port = latency_proxy(redis.port, delay.clone()).await;
     let s = TestServer::start(

@@ -275,13 +275,7 @@ async fn redis_features_overrides_and_fallback() {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("server-redis-{}", std::process::id()));
     let url = redis.url();
-    // A plain thread: the builder's Redis push runs its own runtime.
-    let bundle = std::thread::spawn({
-        let (dir, url) = (dir.clone(), url.clone());
-        move || common::build_bundle(&dir, Some(url))
-    })
-    .join()
-    .expect("build");
+    let bundle = common::build_bundle_pushed(&dir, &url);
     let mut cfg = test_config();
     cfg.features.item_cache_ttl_s = 1;
     let s = TestServer::start(&bundle, cfg, Some(&url)).await;

@@ -142,18 +142,11 @@ impl BuildConfig {
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let cfg: BuildConfig = toml::from_str(&text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| {
-                    text.as_bytes()[..s.start.min(text.len())]
-                        .iter()
-                        .filter(|&&b| b == b'\n')
-                        .count()
-                        + 1
-                })
-                .map(|l| format!(":{l}"))
-                .unwrap_or_default();
-            format!("{}{line}: {}", path.display(), e.message())
+            format!(
+                "{}{}",
+                path.display(),
+                funnel::config::toml_error(&text, &e)
+            )
         })?;
         cfg.validate()
             .map_err(|m| format!("{}: {m}", path.display()))?;

@@ -41,6 +41,15 @@ pub fn build_bundle(dir: &Path, redis: Option<String>) -> PathBuf {
     out
 }
 
+/// A bundle whose online features are pushed to the Redis at `url`. Callable from async tests:
+/// the builder's push runs its own runtime, so it builds on a plain thread.
+pub fn build_bundle_pushed(dir: &Path, url: &str) -> PathBuf {
+    let (dir, url) = (dir.to_path_buf(), url.to_string());
+    std::thread::spawn(move || build_bundle(&dir, Some(url)))
+        .join()
+        .expect("build thread")
+}
+
 /// The bundle shared by the tests of one binary, built once.
 pub fn shared_bundle() -> &'static Path {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -56,6 +65,9 @@ pub fn test_config() -> EngineConfig {
     // Synthetic data is historical; the wall clock would make every item years old.
     cfg.features.clock = Clock::Bundle;
     cfg.server.listen = "127.0.0.1:0".into();
+    // Unoptimised test builds share two cores with other tests: give ranking most of the
+    // 200 ms budget so that only injected faults, not a busy machine, trip its slice.
+    cfg.budget.rank_ms = 150;
     cfg
 }
 
