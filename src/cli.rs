@@ -16,3 +16,16 @@ pub fn init() {
         .with_writer(std::io::stderr)
         .init();
 }
+
+/// The exit of a command: its code, or the error (with its causes, `{:#}`) on stderr and 1.
+pub fn finish<E: std::fmt::Display>(
+    result: Result<std::process::ExitCode, E>,
+) -> std::process::ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -89,20 +89,11 @@ enum Cmd {
 
 fn main() -> ExitCode {
     funnel::cli::init();
-    match run(Cli::parse()) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    funnel::cli::finish(run(Cli::parse()))
 }
 
 fn registry(dir: Option<&Path>) -> Result<FeatureRegistry> {
-    Ok(match dir {
-        Some(d) => FeatureRegistry::load_dir(d)?,
-        None => FeatureRegistry::bundled()?,
-    })
+    Ok(FeatureRegistry::load_or_bundled(dir)?)
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {

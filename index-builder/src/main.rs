@@ -102,21 +102,11 @@ enum Cmd {
 
 fn main() -> ExitCode {
     funnel::cli::init();
-    let cli = Cli::parse();
-    match dispatch(cli) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    funnel::cli::finish(dispatch(Cli::parse()))
 }
 
 fn registry(dir: Option<&Path>) -> Result<FeatureRegistry> {
-    Ok(match dir {
-        Some(d) => FeatureRegistry::load_dir(d)?,
-        None => FeatureRegistry::bundled()?,
-    })
+    Ok(FeatureRegistry::load_or_bundled(dir)?)
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {

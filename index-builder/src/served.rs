@@ -122,13 +122,6 @@ pub fn evaluate_served(
         let m = metrics(&list, &rel[&u]);
         (0..3).for_each(|k| pop_sum[k] += m[k]);
     }
-    let catalog_idx: HashMap<u64, ItemIdx> = b
-        .catalog
-        .items
-        .iter()
-        .enumerate()
-        .map(|(i, it)| (it.id, i as ItemIdx))
-        .collect();
     cfg.features.clock = Clock::Bundle;
     let engine = Engine::new(b, cfg, None).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -154,7 +147,7 @@ pub fn evaluate_served(
         let list: Vec<ItemIdx> = resp
             .items
             .iter()
-            .filter_map(|i| catalog_idx.get(&i.item_id).copied())
+            .filter_map(|i| engine.bundle().catalog.idx(i.item_id))
             .collect();
         let m = metrics(&list, &rel[&u]);
         (0..3).for_each(|k| served_sum[k] += m[k]);

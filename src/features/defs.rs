@@ -328,6 +328,14 @@ impl FeatureRegistry {
         Self::from_toml_strs(BUNDLED_DEFS)
     }
 
+    /// The defs in `dir` when given (a `--feature-defs` flag), else the compiled-in ones.
+    pub fn load_or_bundled(dir: Option<&Path>) -> Result<FeatureRegistry, FeatureError> {
+        match dir {
+            Some(d) => Self::load_dir(d),
+            None => Self::bundled(),
+        }
+    }
+
     /// All definitions: files in the given order, entries in file order.
     pub fn defs(&self) -> &[FeatureDef] {
         &self.defs
