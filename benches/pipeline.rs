@@ -75,6 +75,8 @@ fn request(user: UserId, session: Vec<u64>) -> RecommendRequest {
         exclude_items: Vec::new(),
         filters: Default::default(),
         explain: false,
+        ranking: Default::default(),
+        deadline_ms: None,
     }
 }
 

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::breaker::BreakerConfig;
 use crate::merge::MergeConfig;
+use crate::ranking::combine::Strategy;
+use crate::ranking::controller::ControllerConfig;
 use crate::rerank::RerankConfig;
 use crate::sources::SourceQuotas;
 
@@ -188,12 +190,62 @@ impl Default for RetrievalConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RankingConfig {
-    /// Ranker id to serve; unset = the bundle's best by validation NDCG@20.
+    /// Pin one ranker id (served alone, no ensemble); unset = the ensemble.
     #[serde(default)]
     pub model: Option<String>,
+    /// How the selected models' scores combine.
+    #[serde(default = "d_strategy")]
+    pub strategy: Strategy,
+    /// Most models one request may run.
+    #[serde(default = "d_max_models")]
+    pub max_models: usize,
+    /// Distinct architectures / ensemble size must reach this (0 = no constraint).
+    #[serde(default = "d_min_diversity")]
+    pub min_diversity: f64,
+    /// Time kept back from the deadline for re-rank and the response, in ms.
+    #[serde(default = "d_reserve")]
+    pub reserve_ms: u64,
+    /// Branch-and-bound node cap per request (the best subset found so far is used past it).
+    #[serde(default = "d_max_nodes")]
+    pub max_search_nodes: u64,
+    /// Scales the selector's budget to hold the observed p99.
+    #[serde(default)]
+    pub controller: ControllerConfig,
+}
+
+/// Stacking: its meta-learner is fitted on log-loss over every validation row (the least noisy
+/// objective the builder has), and it served best or level on every holdout we measured.
+const fn d_strategy() -> Strategy {
+    Strategy::Stacking
+}
+const fn d_max_models() -> usize {
+    3
+}
+const fn d_min_diversity() -> f64 {
+    0.5
+}
+const fn d_reserve() -> u64 {
+    10
+}
+const fn d_max_nodes() -> u64 {
+    200_000
+}
+
+impl Default for RankingConfig {
+    fn default() -> Self {
+        Self {
+            model: None,
+            strategy: d_strategy(),
+            max_models: d_max_models(),
+            min_diversity: d_min_diversity(),
+            reserve_ms: d_reserve(),
+            max_search_nodes: d_max_nodes(),
+            controller: ControllerConfig::default(),
+        }
+    }
 }
 
 impl EngineConfig {
@@ -212,7 +264,20 @@ impl EngineConfig {
 
     pub fn validate(&self) -> Result<(), String> {
         let b = &self.budget;
-        let checks: [(bool, &str); 10] = [
+        let r = &self.ranking;
+        let checks: [(bool, &str); 13] = [
+            (
+                (1..=64).contains(&r.max_models),
+                "ranking.max_models must be within 1..=64",
+            ),
+            (
+                (0.0..=1.0).contains(&r.min_diversity),
+                "ranking.min_diversity must be within [0, 1]",
+            ),
+            (
+                r.max_search_nodes >= 1,
+                "ranking.max_search_nodes must be >= 1",
+            ),
             (
                 self.breaker.failure_threshold >= 1,
                 "breaker.failure_threshold must be >= 1",
@@ -256,6 +321,7 @@ impl EngineConfig {
                 return Err(msg.to_string());
             }
         }
+        self.ranking.controller.validate()?;
         self.rerank.validate()
     }
 }

@@ -196,7 +196,8 @@ async fn missing_or_corrupt_ann_index_degrades_readiness_only() {
     }
 }
 
-/// A ranker that panics, or sleeps far past the rank slice, on every call.
+/// A ranker that panics, or sleeps far past the rank slice, on every real request. It passes
+/// the load-time warm-up (all-zero rows): a model that breaks only on live inputs.
 struct Faulty {
     id: &'static str,
     hang: Option<Duration>,
@@ -209,7 +210,10 @@ impl Ranker for Faulty {
     fn arch(&self) -> Arch {
         Arch::Logistic
     }
-    fn score(&self, _rows: &[f32], n: usize) -> Result<Vec<f32>, RankError> {
+    fn score(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, RankError> {
+        if rows.iter().all(|&x| x == 0.0) {
+            return Ok(vec![0.5; n]);
+        }
         match self.hang {
             Some(d) => {
                 std::thread::sleep(d);

@@ -197,6 +197,27 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
     let report: TrainReport = train_all(&ex.train, &ex.valid, &tcfg, writer.dir())
         .map_err(|e| BuildError::Train(e.to_string()))?;
     step.finish();
+    // Fitted on the same validation rows the models were scored on, before they are dropped;
+    // rewrites rankers.json (train_all wrote it without the ensemble section).
+    let step = progress.spinner("fit ensemble");
+    let ensemble = crate::ensemble::fit(&report, &ex.valid)
+        .map_err(|e| BuildError::Train(format!("fitting the ensemble: {e}")))?;
+    let mut rankers_manifest = report.manifest();
+    rankers_manifest.ensemble = Some(ensemble.clone());
+    rankers_manifest
+        .write(writer.dir())
+        .map_err(|e| BuildError::Train(e.to_string()))?;
+    step.finish();
+    tracing::info!(
+        lambda = ensemble.lambda,
+        estimator_pearson = ?ensemble.estimator.as_ref().map(|e| e.pearson),
+        strategy_ndcg20 = ?ensemble
+            .strategies
+            .iter()
+            .map(|s| (s.strategy.as_str(), s.ndcg_at_20))
+            .collect::<Vec<_>>(),
+        "ensemble fitted"
+    );
     drop(ex);
 
     // 2–7 (serving stage): the models the server loads.
@@ -213,7 +234,8 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
         .map(|s| load_ranker(s, writer.dir()).map(|r| (s.id.clone(), r)))
         .collect::<Result<_, _>>()
         .map_err(|e| BuildError::Train(format!("reloading a trained ranker: {e}")))?;
-    let best = funnel::ranking::stage::best_by_validation(report.specs.iter().map(|s| &s.metrics));
+    let best =
+        funnel::ranking::registry::best_by_validation(report.specs.iter().map(|s| &s.metrics));
 
     // 9. Batch recommendations.
     let users = batch::active_users(&stage, cfg);
@@ -309,6 +331,14 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
             .collect::<Vec<_>>()),
     );
     info.insert("ranker_correlation".into(), json!(report.correlation));
+    info.insert(
+        "ensemble".into(),
+        json!({
+            "lambda": ensemble.lambda,
+            "estimator": ensemble.estimator,
+            "strategies": ensemble.strategies,
+        }),
+    );
     if let Some(rep) = &eval {
         info.insert("eval".into(), serde_json::to_value(rep).unwrap_or_default());
     }

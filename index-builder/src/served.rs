@@ -1,7 +1,9 @@
 //! Evaluation of the *served* funnel on a bundle's holdout: every evaluated user is sent through
 //! the engine exactly as a request would be (features → sources → merge → rank → re-rank), and
 //! its top 20 is scored against the held-out items — next to a popularity list that knows what
-//! the server knows (the same seen items removed). Needs a bundle built with `--holdout`.
+//! the server knows (the same seen items removed). The funnel is served once with the
+//! configured ensemble, once per combination strategy, and once per ranker alone, so every
+//! ranker and strategy is compared on the same users. Needs a bundle built with `--holdout`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -10,10 +12,11 @@ use serde::Serialize;
 
 use funnel::bundle::{Bundle, Table};
 use funnel::config::{Clock, EngineConfig};
-use funnel::engine::api::{RecommendRequest, RequestContext, UserId};
+use funnel::engine::api::{RankingOverride, RecommendRequest, RequestContext, UserId};
 use funnel::engine::Engine;
 use funnel::features::online::UserFeatures;
 use funnel::features::{Entity, FeatureRegistry};
+use funnel::ranking::combine::Strategy;
 use funnel::ItemIdx;
 
 use crate::eval::metrics;
@@ -33,18 +36,20 @@ pub struct ServedReport {
     /// Median and p99 of the engine's own end-to-end time per request, in ms.
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// Mean number of rankers the configured ensemble ran per request.
+    pub mean_models: f64,
     pub rows: Vec<ServedRow>,
 }
 
 impl ServedReport {
     pub fn table(&self) -> String {
         let mut s = format!(
-            "Served funnel — holdout {}, {} users ({} cold); engine time p50 {:.2} ms, p99 {:.2} ms\n{:<36} {:>10} {:>10}\n",
-            self.holdout, self.users, self.cold_users, self.p50_ms, self.p99_ms, "list", "Recall@20", "NDCG@20"
+            "Served funnel — holdout {}, {} users ({} cold); engine time p50 {:.2} ms, p99 {:.2} ms; {:.2} rankers per request\n{:<40} {:>10} {:>10}\n",
+            self.holdout, self.users, self.cold_users, self.p50_ms, self.p99_ms, self.mean_models, "list", "Recall@20", "NDCG@20"
         );
         for r in &self.rows {
             s.push_str(&format!(
-                "{:<36} {:>10.4} {:>10.4}\n",
+                "{:<40} {:>10.4} {:>10.4}\n",
                 r.name, r.recall_at_20, r.ndcg_at_20
             ));
         }
@@ -75,12 +80,12 @@ pub fn evaluate_served(
             rel.entry(u).or_default().insert(idx);
         }
     }
-    let mut ids: Vec<u64> = rel.keys().copied().collect();
-    ids.sort_unstable();
-    if ids.len() > max_users {
-        let step = ids.len() as f64 / max_users as f64;
-        ids = (0..max_users)
-            .map(|k| ids[(k as f64 * step) as usize])
+    let mut users: Vec<u64> = rel.keys().copied().collect();
+    users.sort_unstable();
+    if users.len() > max_users {
+        let step = users.len() as f64 / max_users as f64;
+        users = (0..max_users)
+            .map(|k| users[(k as f64 * step) as usize])
             .collect();
     }
     let mut by_pop: Vec<ItemIdx> = (0..b.catalog.len() as ItemIdx)
@@ -108,7 +113,7 @@ pub fn evaluate_served(
     // Baselines first (they need the bundle, which the engine takes over).
     let mut pop_sum = [0.0f64; 3];
     let mut cold_users = 0;
-    for &u in &ids {
+    for &u in &users {
         let seen = seen_of(u);
         if seen.is_empty() {
             cold_users += 1;
@@ -129,28 +134,81 @@ pub fn evaluate_served(
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let mut served_sum = [0.0f64; 3];
-    let mut times = Vec::with_capacity(ids.len());
-    for &u in &ids {
-        let req = RecommendRequest {
-            user_id: UserId::Num(u),
-            k: 20,
-            context: RequestContext::default(),
-            exclude_items: Vec::new(),
-            filters: Default::default(),
-            explain: false,
-        };
-        let resp = rt
-            .block_on(engine.recommend(req, format!("eval-{u}")))
-            .map_err(|e| e.to_string())?;
-        times.push(resp.timings_ms.total);
-        let list: Vec<ItemIdx> = resp
-            .items
-            .iter()
-            .filter_map(|i| engine.bundle().catalog.idx(i.item_id))
-            .collect();
-        let m = metrics(&list, &rel[&u]);
-        (0..3).for_each(|k| served_sum[k] += m[k]);
+    // (name, per-request override): the configured ensemble, each strategy, each ranker alone.
+    let mut variants: Vec<(String, RankingOverride)> = vec![(
+        format!(
+            "served top 20 (full funnel, {})",
+            engine.config().ranking.strategy
+        ),
+        RankingOverride::default(),
+    )];
+    for st in Strategy::ALL {
+        variants.push((
+            format!("  ensemble strategy {st}"),
+            RankingOverride {
+                strategy: Some(st),
+                ..RankingOverride::default()
+            },
+        ));
+    }
+    let mut ids: Vec<String> = engine
+        .bundle()
+        .rankers_manifest
+        .as_ref()
+        .map(|m| m.rankers.iter().map(|r| r.id.clone()).collect())
+        .unwrap_or_default();
+    ids.sort();
+    for id in ids {
+        variants.push((
+            format!("  ranker {id} alone"),
+            RankingOverride {
+                models: Some(vec![id]),
+                max_models: Some(1),
+                ..RankingOverride::default()
+            },
+        ));
+    }
+    let mut rows = Vec::new();
+    let mut times = Vec::with_capacity(users.len());
+    let mut models_used = 0usize;
+    for (v, (name, ranking)) in variants.into_iter().enumerate() {
+        let mut sum = [0.0f64; 3];
+        for &u in &users {
+            let req = RecommendRequest {
+                user_id: UserId::Num(u),
+                k: 20,
+                context: RequestContext::default(),
+                exclude_items: Vec::new(),
+                filters: Default::default(),
+                explain: v == 0,
+                ranking: ranking.clone(),
+                deadline_ms: None,
+            };
+            let resp = rt
+                .block_on(engine.recommend(req, format!("eval-{u}")))
+                .map_err(|e| e.to_string())?;
+            if v == 0 {
+                times.push(resp.timings_ms.total);
+                models_used += resp
+                    .explain
+                    .as_ref()
+                    .and_then(|e| e.ensemble.as_ref())
+                    .map_or(0, |e| e.selected.len());
+            }
+            let list: Vec<ItemIdx> = resp
+                .items
+                .iter()
+                .filter_map(|i| engine.bundle().catalog.idx(i.item_id))
+                .collect();
+            let m = metrics(&list, &rel[&u]);
+            (0..3).for_each(|k| sum[k] += m[k]);
+        }
+        let n = users.len().max(1) as f64;
+        rows.push(ServedRow {
+            name,
+            recall_at_20: sum[0] / n,
+            ndcg_at_20: sum[1] / n,
+        });
     }
     times.sort_by(f64::total_cmp);
     let pct = |p: f64| {
@@ -159,24 +217,19 @@ pub fn evaluate_served(
             .copied()
             .unwrap_or(0.0)
     };
-    let n = ids.len().max(1) as f64;
+    let n = users.len().max(1) as f64;
+    rows.push(ServedRow {
+        name: "baseline:popularity (same seen set)".into(),
+        recall_at_20: pop_sum[0] / n,
+        ndcg_at_20: pop_sum[1] / n,
+    });
     Ok(ServedReport {
         holdout,
-        users: ids.len(),
+        users: users.len(),
         cold_users,
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
-        rows: vec![
-            ServedRow {
-                name: "served top 20 (full funnel)".into(),
-                recall_at_20: served_sum[0] / n,
-                ndcg_at_20: served_sum[1] / n,
-            },
-            ServedRow {
-                name: "baseline:popularity (same seen set)".into(),
-                recall_at_20: pop_sum[0] / n,
-                ndcg_at_20: pop_sum[1] / n,
-            },
-        ],
+        mean_models: models_used as f64 / n,
+        rows,
     })
 }

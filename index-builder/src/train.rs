@@ -24,13 +24,11 @@ use rayon::prelude::*;
 
 /// Cutoff of the ranking metric reported for every model.
 pub const NDCG_K: usize = 20;
-/// User segments by history length at example time.
-pub const SEGMENT_COLD: u8 = 0;
-pub const SEGMENT_LIGHT: u8 = 1;
-pub const SEGMENT_HEAVY: u8 = 2;
-pub const SEGMENT_NAMES: [&str; 3] = ["cold", "light", "heavy"];
-/// Users with at most this many past interactions (and at least one) are "light".
-pub const LIGHT_MAX_HISTORY: u32 = 20;
+/// User segments by history length, shared with serving (the selector picks per segment).
+pub use funnel::ranking::ensemble::{
+    segment_for_history, LIGHT_MAX_HISTORY, SEGMENT_COLD, SEGMENT_HEAVY, SEGMENT_LIGHT,
+    SEGMENT_NAMES,
+};
 /// Rows per forward pass when scoring the validation set (bounds peak memory).
 const SCORE_CHUNK: usize = 8192;
 
@@ -59,15 +57,6 @@ pub enum TrainError {
     WorkerPanicked(Arch),
     #[error(transparent)]
     Rank(#[from] RankError),
-}
-
-/// Segment of a user with `history_len` past interactions: 0 cold, 1 light, 2 heavy.
-pub fn segment_for_history(history_len: u32) -> u8 {
-    match history_len {
-        0 => SEGMENT_COLD,
-        h if h <= LIGHT_MAX_HISTORY => SEGMENT_LIGHT,
-        _ => SEGMENT_HEAVY,
-    }
 }
 
 /// Labelled ranker examples, row-major.
@@ -213,6 +202,7 @@ impl TrainReport {
             input_layout_version: INPUT_LAYOUT_VERSION,
             rankers: self.specs.clone(),
             correlation: self.correlation.clone(),
+            ensemble: None,
         }
     }
 }
@@ -651,7 +641,7 @@ pub fn pearson(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Symmetric model × model Pearson matrix with an exact unit diagonal.
-fn correlation_matrix(preds: &[Vec<f32>]) -> Vec<Vec<f32>> {
+pub fn correlation_matrix(preds: &[Vec<f32>]) -> Vec<Vec<f32>> {
     let m = preds.len();
     let mut c = vec![vec![0.0f32; m]; m];
     for i in 0..m {

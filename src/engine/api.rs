@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ServerConfig;
+use crate::ranking::combine::Strategy;
 
 /// An error a client can act on: HTTP status, stable code, human message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -124,7 +125,27 @@ pub struct RecommendRequest {
     pub filters: Filters,
     #[serde(default)]
     pub explain: bool,
+    /// Per-request overrides of the ensemble (for experiments).
+    #[serde(default)]
+    pub ranking: RankingOverride,
+    /// The client's own deadline in ms; the server keeps the smaller of it and its budget.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
 }
+
+/// Overrides of the configured ensemble for one request.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RankingOverride {
+    /// Combination strategy: mean | weighted | rank_avg | borda | stacking.
+    pub strategy: Option<Strategy>,
+    /// Only these model ids may be selected.
+    pub models: Option<Vec<String>>,
+    pub max_models: Option<u32>,
+}
+
+/// Cap on `ranking.max_models` and `ranking.models` in a request.
+pub const MAX_REQUEST_MODELS: usize = 32;
 
 const fn default_k() -> i64 {
     20
@@ -200,6 +221,33 @@ impl RecommendRequest {
                 "filters.categories_any must not be empty (omit it to allow every category)",
             ));
         }
+        if let Some(d) = self.deadline_ms {
+            if !(1..=60_000).contains(&d) {
+                return Err(ApiError::invalid(format!(
+                    "deadline_ms must be within 1..=60000, got {d}"
+                )));
+            }
+        }
+        let r = &self.ranking;
+        if let Some(m) = &r.models {
+            if m.is_empty() || m.len() > MAX_REQUEST_MODELS {
+                return Err(ApiError::invalid(format!(
+                    "ranking.models must list 1..={MAX_REQUEST_MODELS} model ids"
+                )));
+            }
+            if m.iter().any(|id| id.is_empty() || id.len() > 128) {
+                return Err(ApiError::invalid(
+                    "ranking.models ids must be 1..=128 bytes",
+                ));
+            }
+        }
+        if let Some(n) = r.max_models {
+            if !(1..=MAX_REQUEST_MODELS as u32).contains(&n) {
+                return Err(ApiError::invalid(format!(
+                    "ranking.max_models must be within 1..={MAX_REQUEST_MODELS}, got {n}"
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -236,8 +284,14 @@ pub struct ItemOut {
     pub item_id: u64,
     pub score: f32,
     pub sources: Vec<String>,
+    /// How much the ensemble's models agree on this item, in [0, 1] (0 when no model scored
+    /// it: retrieval order, batch or popularity).
+    pub confidence: f32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasons: Option<Vec<String>>,
+    /// With `explain`: each model's score for this item.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_scores: Option<BTreeMap<String, f32>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -272,8 +326,51 @@ pub struct Explain {
     pub per_source: BTreeMap<String, usize>,
     /// Source name → why it returned nothing useful ("timeout", "unavailable", an error).
     pub source_problems: BTreeMap<String, String>,
+    /// The models that scored the candidates, joined by `+` (or why none did).
     pub ranker: Option<String>,
     pub now: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<EnsembleExplain>,
+}
+
+/// How the ensemble for this request was chosen and combined.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EnsembleExplain {
+    /// The strategy applied (stacking falls back to weighted for an untrained subset).
+    pub strategy: String,
+    /// Time the selector could spend on models, after the latency controller's factor.
+    pub budget_ms: f64,
+    /// The latency controller's factor applied to the remaining time.
+    pub budget_factor: f64,
+    pub segment: String,
+    /// The estimator's quality for the chosen subset, and the predicted wall time.
+    pub estimate: f64,
+    pub predicted_ms: f64,
+    /// Subsets the branch and bound visited; false when its node cap cut it short.
+    pub search_nodes: u64,
+    pub exhaustive: bool,
+    pub selected: Vec<SelectedModel>,
+    pub skipped: Vec<SkippedModel>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SelectedModel {
+    pub model_id: String,
+    pub weight: f64,
+    /// Predicted cost when selected.
+    pub cost_ms: f64,
+    /// Measured time, or why it gave no scores (then it is left out of the combination).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub took_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SkippedModel {
+    pub model_id: String,
+    /// budget | unhealthy | diversity | size | quality
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -93,6 +93,28 @@ impl Breaker {
         }
     }
 
+    /// Whether [`Breaker::allow`] would let a call through now, without changing state (for
+    /// planners that consider many dependencies and call few).
+    pub fn would_allow(&self) -> bool {
+        match *self.lock() {
+            State::Closed { .. } => true,
+            State::Open { until } => Instant::now() >= until,
+            State::HalfOpen => false,
+        }
+    }
+
+    /// Opens the circuit now (e.g. a model that fails its warm-up), whatever the count.
+    pub fn trip(&self) {
+        let mut s = self.lock();
+        if !matches!(*s, State::Open { .. }) {
+            self.opened.fetch_add(1, Ordering::Relaxed);
+        }
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        *s = State::Open {
+            until: Instant::now() + Duration::from_millis(self.cfg.open_ms),
+        };
+    }
+
     /// Reports the outcome of an allowed call.
     pub fn record(&self, ok: bool) {
         let mut s = self.lock();

@@ -23,10 +23,13 @@ use crate::config::{Clock, EngineConfig};
 use crate::features::online::{ItemOverride, RedisOnline, UserFeatures};
 use crate::features::{Entity, FeatureError, RedisFeatureStore, RedisStoreOptions};
 use crate::merge::{merge, Candidate};
+use crate::ranking::combine::{combine, Strategy};
+use crate::ranking::controller::LatencyController;
+use crate::ranking::ensemble::segment_for_history;
 use crate::ranking::input::{
     push_row, CandidateSignals, DeviceKind, ItemSignals, UserSignals, INPUT_DIM,
 };
-use crate::ranking::stage::{RankPlan, RankStage};
+use crate::ranking::registry::{score_with, EnsemblePlan, PlanRequest, Registry};
 use crate::rerank::{apply_all, Origin, Ranked, RerankContext, RerankRule};
 use crate::sources::ann::AnnSource;
 use crate::sources::cf::CfSource;
@@ -36,8 +39,8 @@ use crate::sources::{CandidateSource, RetrievalQuery, ScoredItem, SourceError, S
 use crate::ItemIdx;
 
 use self::api::{
-    ApiError, Degradation, Explain, ItemOut, RecommendRequest, RecommendResponse, SourceTimings,
-    Timings,
+    ApiError, Degradation, EnsembleExplain, Explain, ItemOut, RecommendRequest, RecommendResponse,
+    SelectedModel, SkippedModel, SourceTimings, Timings,
 };
 use self::breaker::Breaker;
 use self::context::{query_state, resolve_filter, ItemView, QueryState};
@@ -67,7 +70,11 @@ pub struct Engine {
     cfg: EngineConfig,
     bundle: Bundle,
     sources: [Option<Arc<dyn CandidateSource>>; 4],
-    rank: RankStage,
+    rank: Registry,
+    /// Scales the ensemble's budget to hold the configured p99.
+    controller: LatencyController,
+    /// Ranking worker threads (rank slots): a request's models run this many at a time.
+    workers: usize,
     rules: Vec<Box<dyn RerankRule>>,
     redis: Option<RedisOnline>,
     redis_breaker: Breaker,
@@ -142,7 +149,7 @@ impl Engine {
         if let Some(t) = bundle.trending.take() {
             sources[SourceId::Trending.index()] = Some(Arc::new(TrendingSource::new(t)));
         }
-        let rank = RankStage::new(
+        let rank = Registry::new(
             std::mem::take(&mut bundle.rankers),
             bundle.rankers_manifest.as_ref(),
             cfg.ranking.model.as_deref(),
@@ -183,6 +190,8 @@ impl Engine {
             redis_breaker: Breaker::new("redis", cfg.breaker),
             source_breakers,
             rank_slots: Arc::new(tokio::sync::Semaphore::new(threads)),
+            controller: LatencyController::new(cfg.ranking.controller.clone()),
+            workers: threads,
             rules: cfg.rerank.build(),
             cfg,
             bundle,
@@ -230,7 +239,7 @@ impl Engine {
         components.insert(
             "ranker".into(),
             match self.rank.preferred() {
-                Some(m) => format!("ok: {}", m.id()),
+                Some(_) => format!("ok: {} models", self.rank.entries().len()),
                 None => "unavailable: no ranker loaded".into(),
             },
         );
@@ -282,7 +291,34 @@ impl Engine {
         let degraded = state != "ok"
             || components.values().any(|s| !s.starts_with("ok"))
             || breakers.values().any(|b| b.state != "closed");
+        let (factor, p99, adjustments) = self.controller.snapshot();
+        let ranking = RankingState {
+            strategy: self.cfg.ranking.strategy.as_str(),
+            lambda: self.rank.lambda(),
+            budget_factor: factor,
+            window_p99_ms: p99,
+            controller_adjustments: adjustments,
+            models: self
+                .rank
+                .entries()
+                .iter()
+                .map(|e| {
+                    let (fixed, per, runs) = e.cost.snapshot();
+                    (
+                        e.id().to_string(),
+                        ModelState {
+                            arch: e.arch.as_str(),
+                            version: e.version,
+                            cost_ms_at_500: fixed + per * 500.0,
+                            runs_observed: runs,
+                            warmup_error: e.warmup_error.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        };
         Readiness {
+            ranking,
             status: if degraded { "degraded" } else { "ready" },
             bundle_version: self.bundle.manifest.version.clone(),
             feature_store: FeatureStoreState {
@@ -467,8 +503,11 @@ impl Engine {
         request_id: String,
     ) -> Result<RecommendResponse, ApiError> {
         let t0 = Instant::now();
-        let deadline = t0 + Duration::from_millis(self.cfg.budget.total_ms);
         req.validate(&self.cfg.server)?;
+        let total_ms = req.deadline_ms.map_or(self.cfg.budget.total_ms, |d| {
+            d.min(self.cfg.budget.total_ms)
+        });
+        let deadline = t0 + Duration::from_millis(total_ms);
         let k = req.k as usize;
         let now = self.now(&req);
         let published_after = req
@@ -647,39 +686,126 @@ impl Engine {
         }
         timings.item_features = ms(ti.elapsed());
 
-        // 5. Rank retrieval candidates; batch and popularity lists keep their own order.
+        // 5. Rank retrieval candidates with the ensemble; batch and popularity lists keep their
+        //    own order.
         let tr = Instant::now();
         let overrides = Arc::new(overrides);
         let mut scores: Vec<f32> = cands.iter().map(|c| c.score).collect();
+        let mut confidence: Vec<f32> = vec![0.0; cands.len()];
+        let mut model_scores: Vec<(String, Vec<f32>)> = Vec::new();
         if level <= Degradation::StaleFeatures {
-            match self.rank.plan() {
-                Some(plan) => {
-                    explain.ranker = Some(plan.model_id().to_string());
-                    let user = RankUser {
-                        embedding: features.as_ref().and_then(|f| f.embedding.clone()),
-                        prefs: if features.is_some() {
-                            q_prefs_unfiltered(&self.bundle, features.as_ref())
-                        } else {
-                            self.bundle.category_prior.clone()
-                        },
-                        history_len: features.as_ref().map_or(0, |f| f.history_len),
-                        device,
-                        has_session: !session.is_empty(),
-                        now,
-                    };
-                    match self
-                        .rank_candidates(plan, user, &cands, &overrides, deadline)
-                        .await
-                    {
-                        Ok(s) => scores = s,
-                        Err(e) => {
-                            explain.ranker = Some(format!("failed: {e}"));
-                            level = level.max(Degradation::SimpleRanking);
-                        }
+            let history_len = features.as_ref().map_or(0, |f| f.history_len);
+            let user = RankUser {
+                embedding: features.as_ref().and_then(|f| f.embedding.clone()),
+                prefs: if features.is_some() {
+                    q_prefs_unfiltered(&self.bundle, features.as_ref())
+                } else {
+                    self.bundle.category_prior.clone()
+                },
+                history_len,
+                device,
+                has_session: !session.is_empty(),
+                now,
+            };
+            let rc = &self.cfg.ranking;
+            let remaining_ms = deadline
+                .saturating_duration_since(Instant::now())
+                .as_secs_f64()
+                * 1e3;
+            let slice_ms = (remaining_ms - rc.reserve_ms as f64)
+                .min(self.cfg.budget.rank_ms as f64)
+                .max(0.0);
+            let factor = self.controller.factor();
+            let encode_ms = self.rank.encode_cost.predict_ms(cands.len());
+            let plan = self.rank.plan(&PlanRequest {
+                candidates: cands.len(),
+                segment: segment_for_history(history_len),
+                budget_ms: ((slice_ms - encode_ms) * factor).max(0.0),
+                workers: self.workers,
+                max_models: req.ranking.max_models.map_or(rc.max_models, |n| n as usize),
+                min_diversity: rc.min_diversity,
+                only: req.ranking.models.as_deref(),
+                max_nodes: rc.max_search_nodes,
+            });
+            let strategy = req.ranking.strategy.unwrap_or(rc.strategy);
+            let limit = (Instant::now() + Duration::from_secs_f64(slice_ms / 1e3)).min(deadline);
+            let outcome = self
+                .rank_ensemble(&plan, user, &cands, &overrides, limit)
+                .await;
+            let mut ens = EnsembleExplain {
+                strategy: strategy.as_str().into(),
+                budget_ms: (plan.budget_ms * 1e3).round() / 1e3,
+                budget_factor: factor,
+                segment: Registry::segment_name(plan.segment).into(),
+                estimate: plan.estimate,
+                predicted_ms: (plan.predicted_ms * 1e3).round() / 1e3,
+                search_nodes: plan.nodes,
+                exhaustive: plan.exhaustive,
+                selected: Vec::new(),
+                skipped: plan
+                    .skipped
+                    .iter()
+                    .map(|&(m, why)| SkippedModel {
+                        model_id: self.rank.entries()[m].id().to_string(),
+                        reason: why.as_str().into(),
+                    })
+                    .collect(),
+            };
+            let mut ok_members = Vec::new();
+            let mut ok_scores = Vec::new();
+            for (member, result) in plan.members.iter().zip(outcome) {
+                let id = self.rank.entries()[member.index].id().to_string();
+                let mut sel = SelectedModel {
+                    model_id: id.clone(),
+                    weight: member.weight,
+                    cost_ms: (member.cost_ms * 1e3).round() / 1e3,
+                    ..SelectedModel::default()
+                };
+                match result {
+                    Ok((s, took)) => {
+                        sel.took_ms = Some(ms(took));
+                        ok_members.push(member.clone());
+                        model_scores.push((id, s.clone()));
+                        ok_scores.push(s);
                     }
+                    Err(e) => sel.failed = Some(e),
                 }
-                None => level = level.max(Degradation::SimpleRanking),
+                ens.selected.push(sel);
             }
+            if ok_scores.is_empty() {
+                level = level.max(Degradation::SimpleRanking);
+                explain.ranker = Some(if plan.members.is_empty() {
+                    "none: no model fits the budget or all are unhealthy".into()
+                } else {
+                    let why: Vec<String> = ens
+                        .selected
+                        .iter()
+                        .map(|s| format!("{}: {}", s.model_id, s.failed.as_deref().unwrap_or("?")))
+                        .collect();
+                    format!("failed: {}", why.join(", "))
+                });
+            } else {
+                let idx: Vec<usize> = ok_members.iter().map(|m| m.index).collect();
+                let weights: Vec<f64> = ok_members.iter().map(|m| m.weight).collect();
+                let stacker = if strategy == Strategy::Stacking {
+                    self.rank.stacker(&idx)
+                } else {
+                    None
+                };
+                let c = combine(
+                    strategy,
+                    &ok_scores,
+                    &weights,
+                    stacker.as_ref().map(|(w, _)| w.as_slice()),
+                    stacker.as_ref().map_or(0.0, |(_, b)| *b),
+                );
+                scores = c.scores;
+                confidence = c.confidence;
+                ens.strategy = c.strategy.as_str().into();
+                let ids: Vec<&str> = model_scores.iter().map(|(id, _)| id.as_str()).collect();
+                explain.ranker = Some(ids.join("+"));
+            }
+            explain.ensemble = Some(ens);
         }
         timings.rank = ms(tr.elapsed());
 
@@ -707,9 +833,12 @@ impl Engine {
         list.truncate(k);
         timings.rerank = ms(tq.elapsed());
 
+        let position: HashMap<ItemIdx, usize> =
+            cands.iter().enumerate().map(|(p, c)| (c.item, p)).collect();
         let items = list
             .into_iter()
             .filter_map(|r| {
+                let at = position.get(&r.item).copied();
                 let it = catalog.get(r.item)?;
                 let mut sources: Vec<String> = SourceId::ALL
                     .iter()
@@ -729,15 +858,24 @@ impl Engine {
                     why.extend(r.reasons.iter().map(|s| s.to_string()));
                     why
                 });
+                let model_scores = (req.explain && !model_scores.is_empty()).then(|| {
+                    model_scores
+                        .iter()
+                        .filter_map(|(id, s)| Some((id.clone(), *s.get(at?)?)))
+                        .collect()
+                });
                 Some(ItemOut {
                     item_id: it.id,
                     score: if r.score.is_finite() { r.score } else { 0.0 },
                     sources,
+                    confidence: at.and_then(|p| confidence.get(p).copied()).unwrap_or(0.0),
                     reasons,
+                    model_scores,
                 })
             })
             .collect();
         timings.total = ms(t0.elapsed());
+        self.controller.record(timings.total);
         Ok(RecommendResponse {
             request_id,
             bundle_version: self.bundle.manifest.version.clone(),
@@ -748,48 +886,114 @@ impl Engine {
         })
     }
 
-    async fn rank_candidates(
+    /// Encodes the candidates once, then runs the plan's members concurrently on the rank
+    /// slots (each on a blocking thread, panics contained) until `limit`. Returns each member's
+    /// scores and run time, or why it gave none; every outcome is recorded in the registry.
+    async fn rank_ensemble(
         self: &Arc<Self>,
-        plan: RankPlan,
+        plan: &EnsemblePlan,
         user: RankUser,
         cands: &[Candidate],
         overrides: &Arc<HashMap<ItemIdx, ItemOverride>>,
-        deadline: Instant,
-    ) -> Result<Vec<f32>, String> {
-        let eng = self.clone();
-        let cands = cands.to_vec();
-        let overrides = overrides.clone();
-        let model = plan.model.clone();
-        let limit = (Instant::now() + Duration::from_millis(self.cfg.budget.rank_ms)).min(deadline);
+        limit: Instant,
+    ) -> Vec<Result<(Vec<f32>, Duration), String>> {
+        type Scored = Result<(Vec<f32>, Duration), String>;
+        let n = cands.len();
+        if plan.members.is_empty() {
+            return Vec::new();
+        }
         let slots = self.rank_slots.clone();
-        let job = async move {
-            // The permit travels with the job: a model that overruns keeps its slot until it
-            // returns, so hung models cannot pile up threads.
-            let permit = slots
-                .acquire_owned()
+        let encode = {
+            let (eng, cands, overrides, slots) = (
+                self.clone(),
+                cands.to_vec(),
+                overrides.clone(),
+                slots.clone(),
+            );
+            async move {
+                // The permit travels with the job: work that overruns keeps its slot until it
+                // returns, so hung jobs cannot pile up threads.
+                let permit = slots.acquire_owned().await.ok()?;
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    let t = Instant::now();
+                    let rows = eng.encode(&user, &cands, &overrides);
+                    (rows, t.elapsed())
+                })
                 .await
-                .map_err(|_| "rank slots closed".to_string())?;
-            let handle = tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                let rows = eng.encode(&user, &cands, &overrides);
-                match crate::ranking::stage::score_with(&*model, &rows, cands.len()) {
-                    Ok(s) if s.len() == cands.len() => Ok(s),
-                    Ok(s) => Err(format!("{} scores for {} candidates", s.len(), cands.len())),
-                    Err(e) => Err(e.to_string()),
-                }
-            });
-            match handle.await {
-                Ok(r) => r,
-                Err(e) if e.is_panic() => Err("panicked".to_string()),
-                Err(_) => Err("cancelled".to_string()),
+                .ok()
             }
         };
-        let out = match tokio::time::timeout_at(limit.into(), job).await {
-            Ok(r) => r,
-            Err(_) => Err("timeout".into()),
+        let rows = match tokio::time::timeout_at(limit.into(), encode).await {
+            Ok(Some((rows, took))) => {
+                self.rank.encode_cost.observe(n, took);
+                Arc::new(rows)
+            }
+            Ok(None) => return self.fail_all(plan, n, "encoding failed"),
+            Err(_) => return self.fail_all(plan, n, "timeout"),
         };
-        self.rank.record(&plan, out.is_ok());
-        out
+        let mut set: tokio::task::JoinSet<(usize, Scored)> = tokio::task::JoinSet::new();
+        for (pos, member) in plan.members.iter().enumerate() {
+            let model = self.rank.entries()[member.index].ranker.clone();
+            let (rows, slots) = (rows.clone(), slots.clone());
+            set.spawn(async move {
+                let Ok(permit) = slots.acquire_owned().await else {
+                    return (pos, Err("rank slots closed".to_string()));
+                };
+                let job = tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    let t = Instant::now();
+                    let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        score_with(&*model, &rows, n)
+                    }));
+                    (r, t.elapsed())
+                });
+                let out = match job.await {
+                    Ok((Ok(Ok(s)), took)) if s.len() == n => Ok((s, took)),
+                    Ok((Ok(Ok(s)), _)) => Err(format!("{} scores for {n} candidates", s.len())),
+                    Ok((Ok(Err(e)), _)) => Err(e.to_string()),
+                    Ok((Err(_), _)) => Err("panicked".to_string()),
+                    Err(_) => Err("cancelled".to_string()),
+                };
+                (pos, out)
+            });
+        }
+        let mut out: Vec<Option<Scored>> = vec![None; plan.members.len()];
+        // Dropping the set at the deadline abandons the stragglers (a blocking job cannot be
+        // cancelled; it finishes in the background on its own slot).
+        while let Ok(Some(joined)) = tokio::time::timeout_at(limit.into(), set.join_next()).await {
+            if let Ok((pos, r)) = joined {
+                out[pos] = Some(r);
+            }
+        }
+        plan.members
+            .iter()
+            .zip(out)
+            .map(|(m, r)| {
+                let r = r.unwrap_or_else(|| Err("timeout".to_string()));
+                self.rank.record(
+                    m.index,
+                    n,
+                    r.as_ref().map(|(_, took)| *took).map_err(|_| ()),
+                );
+                r
+            })
+            .collect()
+    }
+
+    fn fail_all(
+        &self,
+        plan: &EnsemblePlan,
+        n: usize,
+        why: &str,
+    ) -> Vec<Result<(Vec<f32>, Duration), String>> {
+        plan.members
+            .iter()
+            .map(|m| {
+                self.rank.record(m.index, n, Err(()));
+                Err(why.to_string())
+            })
+            .collect()
     }
 
     /// Ranker input rows through the shared encoder (the builder trains on the same rows).
@@ -871,6 +1075,29 @@ pub struct FeatureStoreState {
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelState {
+    pub arch: &'static str,
+    pub version: u32,
+    /// The cost model's current prediction for 500 candidates.
+    pub cost_ms_at_500: f64,
+    pub runs_observed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup_error: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RankingState {
+    pub strategy: &'static str,
+    /// Weight of the estimator's diversity term.
+    pub lambda: f64,
+    /// The latency controller's share of the remaining budget the selector may spend.
+    pub budget_factor: f64,
+    pub window_p99_ms: f64,
+    pub controller_adjustments: u64,
+    pub models: BTreeMap<String, ModelState>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Readiness {
     /// "ready", or "degraded" when a dependency is down (the server still answers).
     pub status: &'static str,
@@ -879,6 +1106,7 @@ pub struct Readiness {
     pub components: BTreeMap<String, String>,
     /// Circuit breaker per dependency.
     pub breakers: BTreeMap<String, BreakerState>,
+    pub ranking: RankingState,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

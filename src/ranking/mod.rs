@@ -5,9 +5,14 @@
 //! from the bundle. The input row itself is defined once in [`input`] and shared with training;
 //! the network architectures live in [`models`].
 
+pub mod combine;
+pub mod controller;
+pub mod cost;
+pub mod ensemble;
 pub mod input;
 pub mod models;
-pub mod stage;
+pub mod registry;
+pub mod select;
 
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
@@ -236,6 +241,10 @@ pub struct RankersManifest {
     pub input_layout_version: u32,
     pub rankers: Vec<RankerSpec>,
     pub correlation: Vec<Vec<f32>>,
+    /// Per-segment quality, correlations, stacking meta-learners and strategy scores (bundles
+    /// built before the ensemble lack it; the registry then falls back to the fields above).
+    #[serde(default)]
+    pub ensemble: Option<ensemble::EnsembleManifest>,
 }
 
 impl RankersManifest {
@@ -577,6 +586,7 @@ mod tests {
             input_layout_version: INPUT_LAYOUT_VERSION,
             rankers: vec![s],
             correlation: vec![vec![1.0]],
+            ensemble: None,
         };
         m.write(dir.path()).unwrap();
         let (back, rankers) = load_rankers(dir.path()).unwrap();
