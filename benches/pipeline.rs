@@ -1,10 +1,11 @@
 //! The whole in-process request path (features → four sources → merge → rank → re-rank) on a
-//! 200K-item synthetic bundle, embedded feature store, one ranker.
+//! 200K-item synthetic bundle, embedded feature store, the default ranker ensemble.
 //!
 //! `cargo bench --bench pipeline` builds the bundle once into `target/bench-bundle-200k/` (a few
 //! minutes; reused afterwards; `FUNNEL_BENCH_BUNDLE=DIR` points at another bundle), then prints
 //! the per-request latency distribution over a realistic mix of users (p50/p90/p99 of 3,000
-//! sequential requests, and per-stage medians), then runs criterion per request kind.
+//! sequential requests, and per-stage medians), then a closed-loop load with and without the
+//! latency controller, then runs criterion per request kind.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,6 +81,18 @@ fn request(user: UserId, session: Vec<u64>) -> RecommendRequest {
     }
 }
 
+fn engine_with(cfg: EngineConfig) -> Arc<Engine> {
+    let registry = FeatureRegistry::bundled().expect("defs");
+    let b = Bundle::open(&bundle_dir(), &registry).expect("open bundle");
+    Engine::new(b, cfg, None).expect("engine")
+}
+
+fn bench_config() -> EngineConfig {
+    let mut cfg = EngineConfig::default();
+    cfg.features.clock = Clock::Bundle;
+    cfg
+}
+
 impl Fixture {
     fn new() -> Fixture {
         let registry = FeatureRegistry::bundled().expect("defs");
@@ -87,9 +100,7 @@ impl Fixture {
         assert!(b.problems.is_empty(), "bundle problems: {:?}", b.problems);
         let known: Vec<u64> = b.batch_recs.keys().copied().collect();
         let items: Vec<u64> = b.catalog.items.iter().map(|i| i.id).collect();
-        let mut cfg = EngineConfig::default();
-        cfg.features.clock = Clock::Bundle;
-        let engine = Engine::new(b, cfg, None).expect("engine");
+        let engine = Engine::new(b, bench_config(), None).expect("engine");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -145,8 +156,10 @@ fn distribution(f: &Fixture) {
     let mut wall = Vec::with_capacity(n);
     let mut stages: Vec<Vec<f64>> = (0..9).map(|_| Vec::with_capacity(n)).collect();
     let mut degraded = 0;
+    let mut models = 0usize;
     for _ in 0..n {
-        let req = f.mixed(&mut rng);
+        let mut req = f.mixed(&mut rng);
+        req.explain = true;
         let t = Instant::now();
         let r = f.run(req);
         wall.push(t.elapsed().as_secs_f64() * 1e3);
@@ -170,6 +183,7 @@ fn distribution(f: &Fixture) {
         if r.degradation != funnel::engine::api::Degradation::Full {
             degraded += 1;
         }
+        models += models_of(&r);
     }
     println!(
         "pipeline/mixed ({n} sequential requests, {} items): p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms  degraded {degraded}",
@@ -196,11 +210,117 @@ fn distribution(f: &Fixture) {
         .map(|(n, v)| format!("{n} {:.3}", pct(v, 0.5)))
         .collect();
     println!("stage medians (ms): {}", medians.join("  "));
+    println!(
+        "rankers per request (mean): {:.2}",
+        models as f64 / n as f64
+    );
+}
+
+fn models_of(r: &funnel::engine::api::RecommendResponse) -> usize {
+    r.explain
+        .as_ref()
+        .and_then(|e| e.ensemble.as_ref())
+        .map_or(0, |e| {
+            e.selected.iter().filter(|s| s.failed.is_none()).count()
+        })
+}
+
+/// Closed-loop load: `clients` concurrent request loops for `secs` on `engine`. Returns
+/// (p50 ms, p99 ms, requests/s, mean rankers per request, mean budget factor of the last
+/// quarter of requests).
+fn load(f: &Fixture, engine: &Arc<Engine>, clients: usize, secs: f64) -> [f64; 5] {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+    let reqs: Vec<Vec<RecommendRequest>> = (0..clients)
+        .map(|_| {
+            (0..256)
+                .map(|_| {
+                    let mut r = f.mixed(&mut rng);
+                    r.explain = true;
+                    r
+                })
+                .collect()
+        })
+        .collect();
+    let t0 = Instant::now();
+    let stop = t0 + std::time::Duration::from_secs_f64(secs);
+    let per_client: Vec<Vec<(f64, usize, f64)>> = f.rt.block_on(async {
+        let tasks: Vec<_> = reqs
+            .into_iter()
+            .map(|rs| {
+                let e = engine.clone();
+                tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    for r in rs.iter().cycle() {
+                        if Instant::now() >= stop {
+                            break;
+                        }
+                        let t = Instant::now();
+                        let resp = e.recommend(r.clone(), "load".into()).await.expect("ok");
+                        let factor = resp
+                            .explain
+                            .as_ref()
+                            .and_then(|x| x.ensemble.as_ref())
+                            .map_or(1.0, |x| x.budget_factor);
+                        out.push((t.elapsed().as_secs_f64() * 1e3, models_of(&resp), factor));
+                    }
+                    out
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.push(t.await.expect("client"));
+        }
+        all
+    });
+    let elapsed = t0.elapsed().as_secs_f64();
+    let all: Vec<(f64, usize, f64)> = per_client.into_iter().flatten().collect();
+    let mut lat: Vec<f64> = all.iter().map(|x| x.0).collect();
+    let n = all.len().max(1);
+    let models = all.iter().map(|x| x.1).sum::<usize>() as f64 / n as f64;
+    let tail = &all[all.len() * 3 / 4..];
+    let factor = tail.iter().map(|x| x.2).sum::<f64>() / tail.len().max(1) as f64;
+    [
+        pct(&mut lat, 0.5),
+        pct(&mut lat, 0.99),
+        n as f64 / elapsed,
+        models,
+        factor,
+    ]
+}
+
+/// The latency controller under load: the same closed-loop load without it, then with a p99
+/// target below what the load produces uncontrolled.
+fn controller_under_load(f: &Fixture) {
+    let clients = 8;
+    let secs = 8.0;
+    let mut off = bench_config();
+    off.ranking.controller.enabled = false;
+    let e_off = engine_with(off);
+    load(f, &e_off, clients, 1.0); // warm-up
+    let a = load(f, &e_off, clients, secs);
+    drop(e_off);
+    let target = (a[1] * 0.6).max(1.0);
+    let mut on = bench_config();
+    on.ranking.controller.target_p99_ms = target;
+    let e_on = engine_with(on);
+    load(f, &e_on, clients, 1.0);
+    let b = load(f, &e_on, clients, secs);
+    let row = |name: &str, r: [f64; 5]| {
+        println!(
+            "  {name:<34} p50 {:>7.2} ms  p99 {:>7.2} ms  {:>6.0} req/s  rankers/request {:.2}  budget factor {:.3}",
+            r[0], r[1], r[2], r[3], r[4]
+        );
+    };
+    println!("controller under load ({clients} closed-loop clients, {secs} s each):");
+    row("controller off", a);
+    row(&format!("controller on, target p99 {target:.1} ms"), b);
 }
 
 fn main() {
     let f = Fixture::new();
     distribution(&f);
+    controller_under_load(&f);
     let mut c = Criterion::default().sample_size(50).configure_from_args();
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
     c.bench_function("pipeline/known_user", |b| {
