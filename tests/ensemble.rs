@@ -43,6 +43,20 @@ impl Ranker for Slow {
     }
 }
 
+/// Wraps every model of `b` in [`Slow`] with `ms` of extra time per call.
+fn slow_down(b: &mut Bundle, ms: u64) {
+    b.rankers = std::mem::take(&mut b.rankers)
+        .into_iter()
+        .map(|(id, r)| {
+            let slow: Box<dyn Ranker> = Box::new(Slow {
+                inner: r,
+                extra: Duration::from_millis(ms),
+            });
+            (id, slow)
+        })
+        .collect();
+}
+
 /// Panics on live inputs; passes the load-time warm-up (all-zero rows).
 struct Boom;
 
@@ -223,16 +237,7 @@ async fn a_shrinking_deadline_selects_fewer_models_and_is_kept() {
     let mut b = open_bundle();
     flatten(&mut b);
     // Each model costs ~40 ms more than it computes: three on two workers predict ~60 ms.
-    b.rankers = std::mem::take(&mut b.rankers)
-        .into_iter()
-        .map(|(id, r)| {
-            let slow: Box<dyn Ranker> = Box::new(Slow {
-                inner: r,
-                extra: Duration::from_millis(40),
-            });
-            (id, slow)
-        })
-        .collect();
+    slow_down(&mut b, 40);
     let n_models = b.rankers.len();
     let s = TestServer::serve(Engine::new(b, cfg_two_workers(), None).expect("engine")).await;
     let u = users(&s, 1)[0];
@@ -348,16 +353,7 @@ async fn a_panicking_member_is_dropped_and_its_breaker_opens() {
 async fn the_latency_controller_shrinks_the_budget_when_p99_is_over_target() {
     let mut b = open_bundle();
     flatten(&mut b);
-    b.rankers = std::mem::take(&mut b.rankers)
-        .into_iter()
-        .map(|(id, r)| {
-            let slow: Box<dyn Ranker> = Box::new(Slow {
-                inner: r,
-                extra: Duration::from_millis(15),
-            });
-            (id, slow)
-        })
-        .collect();
+    slow_down(&mut b, 15);
     let mut cfg = cfg_two_workers();
     cfg.ranking.controller.enabled = true;
     // A p99 target no request can meet: the controller must cut the budget until no model fits.

@@ -825,17 +825,8 @@ fn strategy_scores(
 mod tests {
     use super::*;
     use crate::train::ndcg_at_k;
+    use funnel::ranking::combine::sigmoid;
     use rand_distr::{Distribution, Normal};
-
-    #[inline]
-    fn sigmoid(z: f64) -> f64 {
-        if z >= 0.0 {
-            1.0 / (1.0 + (-z).exp())
-        } else {
-            let e = z.exp();
-            e / (1.0 + e)
-        }
-    }
 
     /// `groups` requests of `per_group` candidates, about 15% positive; segment by request.
     fn synthetic(groups: u32, per_group: u32, seed: u64) -> ExampleSet {

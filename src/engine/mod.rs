@@ -765,7 +765,10 @@ impl Engine {
                     Ok((s, took)) => {
                         sel.took_ms = Some(ms(took));
                         ok_members.push(member.clone());
-                        model_scores.push((id, s.clone()));
+                        // Per-item model scores only travel with `explain`.
+                        if req.explain {
+                            model_scores.push((id, s.clone()));
+                        }
                         ok_scores.push(s);
                     }
                     Err(e) => sel.failed = Some(e),
@@ -802,7 +805,10 @@ impl Engine {
                 scores = c.scores;
                 confidence = c.confidence;
                 ens.strategy = c.strategy.as_str().into();
-                let ids: Vec<&str> = model_scores.iter().map(|(id, _)| id.as_str()).collect();
+                let ids: Vec<&str> = ok_members
+                    .iter()
+                    .map(|m| self.rank.entries()[m.index].id())
+                    .collect();
                 explain.ranker = Some(ids.join("+"));
             }
             explain.ensemble = Some(ens);

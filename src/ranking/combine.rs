@@ -83,8 +83,9 @@ pub fn logit(p: f32) -> f32 {
     (p / (1.0 - p)).ln()
 }
 
+/// Logistic function, stable for any magnitude (the stacker's link; the builder fits with it).
 #[inline]
-fn sigmoid(z: f64) -> f64 {
+pub fn sigmoid(z: f64) -> f64 {
     if z >= 0.0 {
         1.0 / (1.0 + (-z).exp())
     } else {
