@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod events;
 pub mod features;
 pub mod merge;
 pub mod ranking;
