@@ -318,6 +318,21 @@ fn sync_dir(dir: &Path) -> Result<(), EventLogError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
+/// Column `name` of `b` as array type `T`; a segment written with another schema is an error,
+/// never a panic.
+fn typed<'a, T: 'static>(
+    b: &'a RecordBatch,
+    name: &str,
+    seg: &Path,
+) -> Result<&'a T, EventLogError> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| EventLogError::Arrow {
+            path: seg.to_path_buf(),
+            message: format!("column {name} is missing or has an unexpected type"),
+        })
+}
+
 /// Reads every complete event of the log, oldest first (a torn tail is ignored).
 pub fn read_all(dir: &Path) -> Result<Vec<LoggedEvent>, EventLogError> {
     let mut out = Vec::new();
@@ -337,36 +352,12 @@ pub fn read_all(dir: &Path) -> Result<Vec<LoggedEvent>, EventLogError> {
         let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(bad)?;
         for batch in reader {
             let b = batch.map_err(bad)?;
-            let col = |i: usize| b.column(i).clone();
-            let (u, it, ty, ts, w, id) = (col(0), col(1), col(2), col(3), col(4), col(5));
-            let down = |what: &str| EventLogError::Arrow {
-                path: seg.clone(),
-                message: format!("column {what} has an unexpected type"),
-            };
-            let u = u
-                .as_any()
-                .downcast_ref::<UInt64Array>()
-                .ok_or_else(|| down("user_id"))?;
-            let it = it
-                .as_any()
-                .downcast_ref::<UInt64Array>()
-                .ok_or_else(|| down("item_id"))?;
-            let ty = ty
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .ok_or_else(|| down("event_type"))?;
-            let ts = ts
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .ok_or_else(|| down("timestamp"))?;
-            let w = w
-                .as_any()
-                .downcast_ref::<Float32Array>()
-                .ok_or_else(|| down("weight"))?;
-            let id = id
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .ok_or_else(|| down("event_id"))?;
+            let u = typed::<UInt64Array>(&b, "user_id", &seg)?;
+            let it = typed::<UInt64Array>(&b, "item_id", &seg)?;
+            let ty = typed::<StringArray>(&b, "event_type", &seg)?;
+            let ts = typed::<Int64Array>(&b, "timestamp", &seg)?;
+            let w = typed::<Float32Array>(&b, "weight", &seg)?;
+            let id = typed::<StringArray>(&b, "event_id", &seg)?;
             for r in 0..b.num_rows() {
                 out.push(LoggedEvent {
                     user_id: u.value(r),

@@ -420,6 +420,9 @@ fn table(
                 .unwrap_or(0.0)
         })
         .collect();
+    let manifest_ids: Vec<String> = manifest
+        .map(|m| m.rankers.iter().map(|s| s.id.clone()).collect())
+        .unwrap_or_default();
     let mut dissim = vec![0.0; n * n];
     for i in 0..n {
         for j in 0..n {
@@ -432,8 +435,7 @@ fn table(
                 st.correlation.get(x)?.get(y).copied()
             });
             let from_manifest = manifest.and_then(|m| {
-                let ids: Vec<String> = m.rankers.iter().map(|s| s.id.clone()).collect();
-                let (x, y) = (pos_in(&ids, a)?, pos_in(&ids, b)?);
+                let (x, y) = (pos_in(&manifest_ids, a)?, pos_in(&manifest_ids, b)?);
                 m.correlation.get(x)?.get(y).map(|&c| c as f64)
             });
             // Unknown correlation: assume identical predictions (no diversity credit).
