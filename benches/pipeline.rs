@@ -90,6 +90,8 @@ fn engine_with(cfg: EngineConfig) -> Arc<Engine> {
 fn bench_config() -> EngineConfig {
     let mut cfg = EngineConfig::default();
     cfg.features.clock = Clock::Bundle;
+    // Serving only: no event log.
+    cfg.events.enabled = false;
     cfg
 }
 

@@ -32,6 +32,175 @@ pub struct EngineConfig {
     /// Circuit breakers around Redis, each source and each ranker.
     #[serde(default)]
     pub breaker: BreakerConfig,
+    /// Event ingestion: the durable log and the streaming features.
+    #[serde(default)]
+    pub events: EventsConfig,
+}
+
+/// When the event log forces appended events to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    /// Before acknowledging (one sync per group commit): survives a machine crash.
+    #[default]
+    Always,
+    /// At most every `fsync_interval_ms`: a machine crash can lose that window.
+    Interval,
+    /// Left to the OS: survives a process crash (`kill -9`), not a machine crash.
+    Never,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// `POST /v1/events` answers 503 when false.
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// Directory of the event log (Arrow IPC stream segments); one server per directory.
+    #[serde(default = "d_log_dir")]
+    pub log_dir: String,
+    #[serde(default)]
+    pub fsync: FsyncMode,
+    #[serde(default = "d_fsync_interval")]
+    pub fsync_interval_ms: u64,
+    /// Segments rotate past this size.
+    #[serde(default = "d_segment_mb")]
+    pub segment_mb: u64,
+    /// Events per request at most.
+    #[serde(default = "d_max_batch")]
+    pub max_batch: usize,
+    #[serde(default = "d_events_body")]
+    pub max_body_bytes: usize,
+    /// How long, and how many, `event_id`s are remembered for idempotent retries.
+    #[serde(default = "d_dedupe_window")]
+    pub dedupe_window_s: u64,
+    #[serde(default = "d_dedupe_capacity")]
+    pub dedupe_capacity: usize,
+    /// Batches waiting for the log writer before requests get 503.
+    #[serde(default = "d_queue")]
+    pub queue: usize,
+    /// Users whose streaming state the in-process store keeps (without Redis).
+    #[serde(default = "d_memory_users")]
+    pub memory_max_users: u64,
+    /// How often the live trending list is recomputed from the counters.
+    #[serde(default = "d_trending_refresh")]
+    pub trending_refresh_ms: u64,
+    /// Half-life of a counter bucket's weight in the live trending score.
+    #[serde(default = "d_trending_half_life")]
+    pub trending_half_life_s: f64,
+    /// Share of the live counters in the trending source's score (the rest: the build's).
+    #[serde(default = "d_trending_weight")]
+    pub trending_weight: f32,
+    /// Items taken from the live counters (and per bucket from Redis).
+    #[serde(default = "d_trending_top")]
+    pub trending_top: usize,
+}
+
+fn d_true() -> bool {
+    true
+}
+fn d_log_dir() -> String {
+    "artifacts/events".into()
+}
+const fn d_fsync_interval() -> u64 {
+    100
+}
+const fn d_segment_mb() -> u64 {
+    64
+}
+const fn d_max_batch() -> usize {
+    1000
+}
+const fn d_events_body() -> usize {
+    1 << 20
+}
+const fn d_dedupe_window() -> u64 {
+    86_400
+}
+const fn d_dedupe_capacity() -> usize {
+    5_000_000
+}
+const fn d_queue() -> usize {
+    1024
+}
+const fn d_memory_users() -> u64 {
+    200_000
+}
+const fn d_trending_refresh() -> u64 {
+    250
+}
+const fn d_trending_half_life() -> f64 {
+    1800.0
+}
+const fn d_trending_weight() -> f32 {
+    0.5
+}
+const fn d_trending_top() -> usize {
+    1000
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            log_dir: d_log_dir(),
+            fsync: FsyncMode::Always,
+            fsync_interval_ms: d_fsync_interval(),
+            segment_mb: d_segment_mb(),
+            max_batch: d_max_batch(),
+            max_body_bytes: d_events_body(),
+            dedupe_window_s: d_dedupe_window(),
+            dedupe_capacity: d_dedupe_capacity(),
+            queue: d_queue(),
+            memory_max_users: d_memory_users(),
+            trending_refresh_ms: d_trending_refresh(),
+            trending_half_life_s: d_trending_half_life(),
+            trending_weight: d_trending_weight(),
+            trending_top: d_trending_top(),
+        }
+    }
+}
+
+impl EventsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let checks: [(bool, &str); 8] = [
+            (
+                !self.enabled || !self.log_dir.trim().is_empty(),
+                "events.log_dir must not be empty (or set events.enabled = false)",
+            ),
+            (
+                (1..=100_000).contains(&self.max_batch),
+                "events.max_batch must be within 1..=100000",
+            ),
+            (
+                self.max_body_bytes >= 1024,
+                "events.max_body_bytes must be >= 1024",
+            ),
+            (self.segment_mb >= 1, "events.segment_mb must be >= 1"),
+            (
+                self.queue >= 1 && self.dedupe_capacity >= 1 && self.memory_max_users >= 1,
+                "events.queue, events.dedupe_capacity and events.memory_max_users must be >= 1",
+            ),
+            (
+                self.trending_refresh_ms >= 10,
+                "events.trending_refresh_ms must be >= 10",
+            ),
+            (
+                self.trending_half_life_s.is_finite() && self.trending_half_life_s > 0.0,
+                "events.trending_half_life_s must be > 0",
+            ),
+            (
+                (0.0..=1.0).contains(&self.trending_weight) && self.trending_top >= 1,
+                "events.trending_weight must be within [0, 1] and events.trending_top >= 1",
+            ),
+        ];
+        for (ok, msg) in checks {
+            if !ok {
+                return Err(msg.to_string());
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -322,6 +491,7 @@ impl EngineConfig {
             }
         }
         self.ranking.controller.validate()?;
+        self.events.validate()?;
         self.rerank.validate()
     }
 }

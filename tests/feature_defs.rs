@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use funnel::features::codec::{decode, encode, CodecError};
 use funnel::features::{
     Dtype, EmbeddedStore, Entity, FeatureError, FeatureKind, FeatureRegistry, FeatureTable,
-    FeatureValue, StatMeasure, BUNDLED_DEFS,
+    FeatureValue, StatMeasure, StreamUpdate, BUNDLED_DEFS,
 };
 use proptest::prelude::*;
 
@@ -91,8 +91,33 @@ fn repo_defs_parse_with_the_required_features() {
     }
     // Batch features of one entity share one hash, so the server does one HGETALL per entity.
     for entity in Entity::ALL {
-        assert_eq!(reg.key_groups(entity).count(), 1, "{entity}");
+        let batch = reg
+            .key_groups(entity)
+            .filter(|g| g.kind == FeatureKind::Batch)
+            .count();
+        assert_eq!(batch, 1, "{entity}");
     }
+    // The streaming features event ingestion maintains, each its own Redis structure.
+    let s = |n: &str| reg.get(n).unwrap_or_else(|| panic!("{n} missing"));
+    assert_eq!(
+        s("stream_recent_items").update,
+        Some(StreamUpdate::Recent { max_len: 50 })
+    );
+    assert_eq!(
+        s("stream_seen_items").update,
+        Some(StreamUpdate::Seen { max_len: 500 })
+    );
+    assert_eq!(
+        s("stream_trending").update,
+        Some(StreamUpdate::Counter {
+            bucket_secs: 300,
+            window_secs: 7200
+        })
+    );
+    assert_eq!(
+        s("stream_trending").key.render("", 5_000_000),
+        "funnel:s:trending:5000000"
+    );
     let user_key = reg.get("history_len").unwrap().key.render("v1", 42);
     assert_eq!(user_key, "funnel:v1:u:42");
     assert_eq!(
@@ -146,6 +171,90 @@ fn streaming_kind_parses_and_does_not_need_a_version() {
     assert_eq!((d.kind, d.ttl_secs), (FeatureKind::Streaming, 3600));
     assert!(!d.key.has_version());
     assert_eq!(d.source.to_string(), "s.toml:1");
+}
+
+#[test]
+fn stream_updates_are_validated_with_their_shape() {
+    let recent = |extra: &[(&str, &str)]| {
+        let mut o = vec![
+            ("name", "\"r\""),
+            ("entity", "\"user\""),
+            ("dtype", "\"i64_list\""),
+            ("default", "[]"),
+            ("kind", "\"streaming\""),
+            ("key", "\"s:u:{id}:r\""),
+            ("update", "\"recent\""),
+            ("max_len", "20"),
+        ];
+        o.extend_from_slice(extra);
+        feat(&o)
+    };
+    let reg = FeatureRegistry::from_toml_strs(&[("s.toml", &recent(&[]))]).unwrap();
+    assert_eq!(
+        reg.get("r").unwrap().update,
+        Some(StreamUpdate::Recent { max_len: 20 })
+    );
+    let cases: Vec<(String, &str)> = vec![
+        (recent(&[("max_len", "<omit>")]), "needs max_len"),
+        (recent(&[("max_len", "0")]), "max_len must be within"),
+        (
+            recent(&[("dtype", "\"f32\""), ("default", "0.0")]),
+            "needs dtype i64_list",
+        ),
+        (recent(&[("update", "\"sometimes\"")]), "unknown update"),
+        (
+            recent(&[("key", "\"s:{bucket}\"")]),
+            "use {id}, not {bucket}",
+        ),
+        (recent(&[("bucket", "\"5m\"")]), "bucket does not apply"),
+        (
+            recent(&[("key", "\"s:{version}:{id}\"")]),
+            "must not contain {version}",
+        ),
+        (
+            recent(&[("kind", "\"batch\""), ("key", "\"s:{version}:{id}\"")]),
+            "update is for streaming features",
+        ),
+        (feat(&[("max_len", "5")]), "max_len needs update"),
+        (
+            feat(&[
+                ("kind", "\"streaming\""),
+                ("key", "\"t:{id}\""),
+                ("update", "\"counter\""),
+                ("bucket", "\"5m\""),
+                ("window", "\"1h\""),
+            ]),
+            "use {bucket}, not {id}",
+        ),
+        (
+            feat(&[
+                ("kind", "\"streaming\""),
+                ("key", "\"t:{bucket}\""),
+                ("update", "\"counter\""),
+                ("bucket", "\"1h\""),
+                ("window", "\"5m\""),
+            ]),
+            "window must span",
+        ),
+        (
+            feat(&[
+                ("kind", "\"streaming\""),
+                ("key", "\"t:{bucket}\""),
+                ("update", "\"counter\""),
+                ("bucket", "\"5m\""),
+                ("window", "\"2d\""),
+            ]),
+            "ttl (how long a bucket key lives) must be >= its window",
+        ),
+        (
+            [recent(&[]), recent(&[("name", "\"r2\"")])].join("\n"),
+            "needs its own key",
+        ),
+    ];
+    for (text, phrase) in cases {
+        let msg = load_err(&[("s.toml", &text)]);
+        assert!(msg.contains(phrase), "{phrase:?} not in {msg}\n{text}");
+    }
 }
 
 #[test]
@@ -470,6 +579,16 @@ fn hash_is_canonical() {
         ("owner", "\"me\""),
     ]);
     assert_eq!(base, h(&[("1.toml", &doc), ("2.toml", &b)]));
+    // ...nor do streaming features (no bundle holds them)...
+    let streaming = feat(&[
+        ("name", "\"s\""),
+        ("kind", "\"streaming\""),
+        ("key", "\"rt:{id}\""),
+    ]);
+    assert_eq!(
+        base,
+        h(&[("1.toml", &a), ("2.toml", &b), ("3.toml", &streaming)])
+    );
     // ...anything that changes values, types or keys does.
     for changed in [
         feat(&[("name", "\"a\""), ("ttl", "\"35h\"")]),
@@ -777,7 +896,12 @@ fn stats_summarise_each_feature() {
     let reg = repo_registry();
     let t = sample_table(&reg);
     let stats = t.stats();
-    assert_eq!(stats.len(), reg.defs().len());
+    let batch = reg
+        .defs()
+        .iter()
+        .filter(|d| d.kind == FeatureKind::Batch)
+        .count();
+    assert_eq!(stats.len(), batch, "streaming features are not built");
     let s = |name: &str| stats.iter().find(|s| s.feature == name).unwrap().clone();
 
     let pop = s("popularity");

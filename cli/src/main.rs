@@ -53,6 +53,9 @@ enum Cmd {
         /// Feature definitions directory (defaults to the compiled-in feature-defs/).
         #[arg(long)]
         feature_defs: Option<PathBuf>,
+        /// Event log directory; overrides the config's events.log_dir.
+        #[arg(long)]
+        event_log: Option<PathBuf>,
     },
     /// Build a demo bundle (synthetic data, or MovieLens files with --data) and serve it.
     Demo {
@@ -109,6 +112,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             redis,
             listen,
             feature_defs,
+            event_log,
         } => {
             let mut cfg = match &config {
                 Some(p) => EngineConfig::load(p).map_err(anyhow::Error::msg)?,
@@ -116,6 +120,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             if let Some(l) = listen {
                 cfg.server.listen = l.to_string();
+            }
+            if let Some(d) = event_log {
+                cfg.events.log_dir = d.display().to_string();
             }
             let registry = registry(feature_defs.as_deref())?;
             serve(&bundle, cfg, redis.as_deref(), &registry, None)?;
@@ -175,6 +182,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cfg.server.listen = listen.to_string();
             // Demo data is historical: "now" is the bundle's data cutoff, not the wall clock.
             cfg.features.clock = Clock::Bundle;
+            cfg.events.log_dir = out.join("events").display().to_string();
             serve(&bundle_dir, cfg, None, &registry, Some(print_demo_help))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -291,6 +299,10 @@ fn print_demo_help(engine: &Engine, addr: SocketAddr) {
     );
     println!(
         "  curl -s {url}/v1/recommend -d '{{\"user_id\": \"new-visitor\", \"k\": 5, \"context\": {{\"session_items\": [{session}], \"device\": \"mobile\"}}}}'"
+    );
+    let item = b.catalog.items.get(1).map(|i| i.id).unwrap_or(2);
+    println!(
+        "  curl -s {url}/v1/events -d '{{\"events\": [{{\"user_id\": \"{user}\", \"item_id\": {item}, \"type\": \"click\", \"event_id\": \"demo-1\"}}]}}'"
     );
     println!("Ctrl-C stops the server.");
 }

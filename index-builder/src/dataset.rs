@@ -37,16 +37,8 @@ pub fn resolve_weight(r: &RawInteraction) -> f32 {
         return w.max(0.0);
     }
     if let Some(t) = &r.event_type {
-        return match t.to_ascii_lowercase().as_str() {
-            // An impression without engagement is not a positive signal.
-            "impression" | "view_impression" | "skip" => 0.0,
-            "view" | "click" | "open" => 1.0,
-            "play" | "watch" | "read" => 1.5,
-            "like" | "save" | "add_to_cart" | "favorite" => 2.0,
-            "share" | "comment" => 2.5,
-            "purchase" | "buy" | "subscribe" => 4.0,
-            _ => 1.0,
-        };
+        // The server's table (so logged and served weights agree); other types count once.
+        return funnel::events::type_weight(t).unwrap_or(1.0);
     }
     if let Some(rating) = r.rating {
         // Explicit ratings become implicit positives whose confidence grows with the rating.

@@ -128,6 +128,8 @@ pub fn evaluate_served(
         (0..3).for_each(|k| pop_sum[k] += m[k]);
     }
     cfg.features.clock = Clock::Bundle;
+    // Offline evaluation ingests nothing.
+    cfg.events.enabled = false;
     let engine = Engine::new(b, cfg, None).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

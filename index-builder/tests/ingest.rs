@@ -626,14 +626,38 @@ fn truncated_and_corrupt_columnar_files() {
         &["corrupt or truncated Arrow IPC"],
     );
 
+    // A stream cut short (an event log being appended, or a crash's torn tail) reads up to its
+    // last complete message; with none complete it is an error naming the file.
     let stream = dir.path().join("log.ipc");
-    write_ipc_stream(&stream, &[log_batch(&users, &ts)]);
+    let half = users.len() / 2;
+    write_ipc_stream(
+        &stream,
+        &[
+            log_batch(&users[..half], &ts[..half]),
+            log_batch(&users[half..], &ts[half..]),
+        ],
+    );
     let bytes = fs::read(&stream).unwrap();
-    let t = write(&dir, "cut.ipc", &bytes[..bytes.len() / 2]);
+    assert_eq!(read_interactions(&stream).unwrap().len(), users.len());
+    let t = write(&dir, "cut.ipc", &bytes[..bytes.len() - 10]);
+    assert_eq!(read_interactions(&t).unwrap().len(), half);
+    let t = write(&dir, "cut0.ipc", &bytes[..20]);
     assert_err(
         read_interactions(&t).unwrap_err(),
         &t,
-        &["corrupt or truncated Arrow IPC"],
+        &["torn inside its first message"],
+    );
+    // In a directory (an event log), such a segment is skipped.
+    let logdir = dir.path().join("log");
+    fs::create_dir_all(&logdir).unwrap();
+    fs::write(logdir.join("events-0000000000.arrows"), &bytes).unwrap();
+    fs::write(logdir.join("events-0000000001.arrows"), &bytes[..20]).unwrap();
+    assert_eq!(read_interactions(&logdir).unwrap().len(), users.len());
+    let t = write(&dir, "garbage.ipc", b"user_id,item_id\n1,2\n");
+    assert_err(
+        read_interactions(&t).unwrap_err(),
+        &t,
+        &["corrupt or truncated Arrow IPC", "no complete"],
     );
 
     // A length field claiming ~2 GiB must be rejected up front, not allocated.
@@ -644,7 +668,7 @@ fn truncated_and_corrupt_columnar_files() {
     assert_err(
         read_interactions(&t).unwrap_err(),
         &t,
-        &["metadata length", "exceeds"],
+        &["torn inside its first message"],
     );
     let mut bytes = fs::read(&ipc).unwrap();
     let n = bytes.len();

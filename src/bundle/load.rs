@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::{resolve_version_dir, BundleError, Manifest, Table, MANIFEST};
 use crate::catalog::Catalog;
+use crate::features::streaming::StreamDefs;
 use crate::features::{EmbeddedStore, FeatureRegistry};
 use crate::ranking::{load_rankers, Ranker, RankersManifest};
 use crate::sources::ann::hnsw::FrozenHnsw;
@@ -39,6 +40,9 @@ pub struct Bundle {
     /// Precomputed top-k per user id (item ids), the fallback of last resort before popularity.
     pub batch_recs: HashMap<u64, Vec<u64>>,
     pub features: Option<EmbeddedStore>,
+    /// The streaming features event ingestion maintains, from the defs the bundle was opened
+    /// with.
+    pub stream_defs: StreamDefs,
     /// Components that failed to load, with the reason.
     pub problems: Vec<(String, String)>,
 }
@@ -153,6 +157,7 @@ impl Bundle {
             rankers_manifest,
             batch_recs,
             features,
+            stream_defs: StreamDefs::from_registry(registry),
             problems,
         })
     }

@@ -12,12 +12,15 @@ use crate::ItemIdx;
 
 use super::api::{ApiError, Filters};
 
+/// How many of the newest streamed (post-build) engagements join the session in the query.
+pub const STREAM_QUERY_ITEMS: usize = 10;
+
 /// What the sources need, owned so it can travel to the CPU pool.
 #[derive(Debug, Clone, Default)]
 pub struct QueryState {
     /// ANN query: user embedding blended with the session's items.
     pub embedding: Option<Vec<f32>>,
-    /// Newest first: session items, then the user's recent items.
+    /// Newest first: session items, then streamed engagements, then the build's recent items.
     pub recent: Vec<ItemIdx>,
     /// Per category (catalog order); empty when nothing is known.
     pub prefs: Vec<f32>,
@@ -97,6 +100,23 @@ pub fn query_state(
     session_blend: f32,
 ) -> QueryState {
     let n_cat = bundle.catalog.categories.len();
+    // What the user did since the build (event ingestion) counts like the session: it feeds the
+    // ANN query and, for a user without preferences, the content query.
+    let streamed: Vec<ItemIdx> = features
+        .map(|f| {
+            f.stream_recent
+                .iter()
+                .filter_map(|&id| bundle.catalog.idx(id))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut context: Vec<ItemIdx> = session.to_vec();
+    for &i in streamed.iter().take(STREAM_QUERY_ITEMS) {
+        if !context.contains(&i) {
+            context.push(i);
+        }
+    }
+    let session = context.as_slice();
     let recent_hist: Vec<ItemIdx> = features
         .map(|f| {
             f.recent_items
@@ -105,9 +125,9 @@ pub fn query_state(
                 .collect()
         })
         .unwrap_or_default();
-    let mut recent = Vec::with_capacity(session.len() + recent_hist.len());
+    let mut recent = Vec::with_capacity(session.len() + streamed.len() + recent_hist.len());
     let mut dedup = HashSet::new();
-    for &i in session.iter().chain(&recent_hist) {
+    for &i in session.iter().chain(&streamed).chain(&recent_hist) {
         if dedup.insert(i) {
             recent.push(i);
         }
@@ -174,6 +194,9 @@ pub fn query_state(
 
     let mut seen: HashSet<ItemIdx> = recent.iter().copied().collect();
     seen.extend(exclude.iter().copied());
+    if let Some(f) = features {
+        seen.extend(f.seen.iter().filter_map(|&id| bundle.catalog.idx(id)));
+    }
     QueryState {
         embedding,
         recent,

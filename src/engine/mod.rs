@@ -10,6 +10,7 @@
 pub mod api;
 pub mod breaker;
 pub mod context;
+mod events;
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
@@ -20,7 +21,9 @@ use tokio::sync::oneshot;
 
 use crate::bundle::{Bundle, BundleError};
 use crate::config::{Clock, EngineConfig};
+use crate::events::ingest::Ingestor;
 use crate::features::online::{ItemOverride, RedisOnline, UserFeatures};
+use crate::features::streaming::{MemoryStreams, RedisStreams, StreamStore};
 use crate::features::{Entity, FeatureError, RedisFeatureStore, RedisStoreOptions};
 use crate::merge::{merge, Candidate};
 use crate::ranking::combine::{combine, Strategy};
@@ -55,6 +58,8 @@ pub enum EngineError {
     Features(#[from] FeatureError),
     #[error("cpu pool: {0}")]
     Pool(String),
+    #[error("event log: {0}")]
+    Events(#[from] crate::events::ingest::IngestError),
 }
 
 /// Where the request path reads online features from.
@@ -90,6 +95,14 @@ pub struct Engine {
     popular: Vec<ItemIdx>,
     /// The bundle's data cutoff (unix seconds), when it records one.
     cutoff: Option<i64>,
+    /// The trending source, typed: the live counters move it.
+    trending: Option<Arc<TrendingSource>>,
+    /// Streaming features (recent, seen, trending counters): Redis, or in process.
+    streams: StreamStore,
+    /// The event log's writer; None when `events.enabled` is false.
+    ingestor: Option<Ingestor>,
+    /// Live trending refreshes that failed in a row (for `/readyz`).
+    trending_failures: std::sync::atomic::AtomicU64,
 }
 
 /// Connects to Redis for the request path (reply timeout from the config).
@@ -146,8 +159,12 @@ impl Engine {
         if let Some(c) = bundle.content.take() {
             sources[SourceId::Content.index()] = Some(Arc::new(ContentSource::new(c)));
         }
-        if let Some(t) = bundle.trending.take() {
-            sources[SourceId::Trending.index()] = Some(Arc::new(TrendingSource::new(t)));
+        let trending = bundle
+            .trending
+            .take()
+            .map(|t| Arc::new(TrendingSource::new(t)));
+        if let Some(t) = &trending {
+            sources[SourceId::Trending.index()] = Some(t.clone() as Arc<dyn CandidateSource>);
         }
         let rank = Registry::new(
             std::mem::take(&mut bundle.rankers),
@@ -174,6 +191,22 @@ impl Engine {
                 .map_err(|e| EngineError::Pool(e.to_string()))
         };
         let pool = pool_of("sources")?;
+        let streams = match &redis {
+            Some(store) => StreamStore::Redis(RedisStreams::new(
+                store.clone(),
+                bundle.stream_defs.clone(),
+                cfg.events.trending_top,
+            )),
+            None => StreamStore::Memory(MemoryStreams::new(
+                bundle.stream_defs.clone(),
+                cfg.events.memory_max_users,
+            )),
+        };
+        let ingestor = if cfg.events.enabled {
+            Some(events::open_log(&cfg.events)?)
+        } else {
+            None
+        };
         let redis = redis.map(|store| {
             RedisOnline::new(
                 store,
@@ -201,6 +234,10 @@ impl Engine {
             pool,
             popular,
             cutoff,
+            trending,
+            streams,
+            ingestor,
+            trending_failures: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -328,6 +365,7 @@ impl Engine {
             },
             components,
             breakers,
+            events: self.events_state(),
         }
     }
 
@@ -424,7 +462,13 @@ impl Engine {
                 .map(UserFeatures::from_row)
         };
         let Some(r) = &self.redis else {
-            return (embedded(), false);
+            let mut f = embedded();
+            if let StreamStore::Memory(m) = &self.streams {
+                if let Some(s) = m.user(id, crate::features::redis::unix_now_f64()) {
+                    f = Some(f.unwrap_or_default().with_stream(s));
+                }
+            }
+            return (f, false);
         };
         if !self.redis_breaker.allow() {
             return (embedded(), true);
@@ -585,7 +629,7 @@ impl Engine {
         };
         let mut per_source: Vec<(SourceId, Vec<ScoredItem>)> = Vec::with_capacity(4);
         let mut explain = Explain {
-            user_known: features.is_some(),
+            user_known: features.as_ref().is_some_and(UserFeatures::from_build),
             history_len: features.as_ref().map_or(0, |f| f.history_len),
             now,
             ..Explain::default()
@@ -697,7 +741,11 @@ impl Engine {
             let history_len = features.as_ref().map_or(0, |f| f.history_len);
             let user = RankUser {
                 embedding: features.as_ref().and_then(|f| f.embedding.clone()),
-                prefs: if features.is_some() {
+                // A user only events have told us about has no preferences yet: the prior.
+                prefs: if features
+                    .as_ref()
+                    .is_some_and(|f| !f.category_prefs.is_empty())
+                {
                     q_prefs_unfiltered(&self.bundle, features.as_ref())
                 } else {
                     self.bundle.category_prior.clone()
@@ -1113,6 +1161,7 @@ pub struct Readiness {
     /// Circuit breaker per dependency.
     pub breakers: BTreeMap<String, BreakerState>,
     pub ranking: RankingState,
+    pub events: events::EventsState,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -141,9 +141,9 @@ pub fn segments(dir: &Path) -> Result<Vec<PathBuf>, EventLogError> {
     Ok(out.into_iter().map(|(_, p)| p).collect())
 }
 
-/// Byte length of the complete messages at the start of a stream segment (a torn tail, if
-/// any, starts there). Reads only message headers.
-fn complete_prefix(path: &Path) -> Result<u64, EventLogError> {
+/// Byte length of the complete messages at the start of an Arrow IPC stream (a torn tail, if
+/// any, starts there). Reads only message headers, and allocates no more than the file holds.
+pub fn complete_prefix(path: &Path) -> Result<u64, EventLogError> {
     let mut f = File::open(path).map_err(io(path))?;
     let len = f.metadata().map_err(io(path))?.len();
     let mut pos = 0u64;
@@ -160,12 +160,17 @@ fn complete_prefix(path: &Path) -> Result<u64, EventLogError> {
             header = 8;
         }
         let meta_len = i32::from_le_bytes(w);
-        if meta_len <= 0 {
-            // End-of-stream marker (or garbage): nothing complete follows.
+        if meta_len == 0 {
+            // The end-of-stream marker of a finished segment: complete, and nothing follows.
+            return Ok(pos + header);
+        }
+        if meta_len < 0 || pos + header + meta_len as u64 > len {
+            // Garbage, or a message cut short: nothing complete follows.
             return Ok(pos);
         }
+        // Bounded by the file size (checked above) before anything is allocated.
         let mut meta = vec![0u8; meta_len as usize];
-        if pos + header + meta_len as u64 > len || f.read_exact(&mut meta).is_err() {
+        if f.read_exact(&mut meta).is_err() {
             return Ok(pos);
         }
         let body = match arrow::ipc::root_as_message(&meta) {
@@ -183,6 +188,8 @@ fn complete_prefix(path: &Path) -> Result<u64, EventLogError> {
 
 /// The appending side of the log. Not shared: wrap it in a mutex (one writer per directory).
 pub struct EventLog {
+    /// Held open with an exclusive `flock`: a second writer on the directory is refused.
+    _lock: File,
     dir: PathBuf,
     opts: LogOptions,
     seq: u64,
@@ -197,6 +204,7 @@ impl EventLog {
     /// message; appends go to a new segment so a segment's schema header is always its own.
     pub fn open(dir: &Path, opts: LogOptions) -> Result<Self, EventLogError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock = lock_dir(dir)?;
         let segs = segments(dir)?;
         let mut next = 0;
         if let Some(last) = segs.last() {
@@ -211,8 +219,15 @@ impl EventLog {
                 f.sync_all().map_err(io(last))?;
             }
             next = segment_seq(last).map_or(0, |s| s + 1);
+            if keep == 0 {
+                // Torn before its schema was complete: nothing to keep, nothing to read.
+                drop(f);
+                std::fs::remove_file(last).map_err(io(last))?;
+                sync_dir(dir)?;
+            }
         }
         Ok(Self {
+            _lock: lock,
             dir: dir.to_path_buf(),
             opts,
             seq: next,
@@ -251,6 +266,32 @@ impl EventLog {
         if self.writer.is_some() && self.bytes >= self.opts.segment_bytes {
             self.rotate()?;
         }
+        let path = self.current_path();
+        let before = if self.writer.is_some() { self.bytes } else { 0 };
+        match self.write_batch(events) {
+            Ok(()) => {
+                self.appended += events.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing of a failed append may stay: later appends would follow a broken
+                // message (and be lost at recovery), and the caller treats the batch as not
+                // recorded. Cut the segment back and go on in a new one.
+                self.writer = None;
+                let cut = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_len(before).and_then(|_| f.sync_all()));
+                if let Err(c) = cut {
+                    tracing::error!(segment = %path.display(), error = %c, "event log: cutting a failed append failed");
+                }
+                self.seq += 1;
+                Err(e)
+            }
+        }
+    }
+
+    fn write_batch(&mut self, events: &[LoggedEvent]) -> Result<(), EventLogError> {
         if self.writer.is_none() {
             let path = self.current_path();
             let file = OpenOptions::new()
@@ -258,9 +299,9 @@ impl EventLog {
                 .write(true)
                 .open(&path)
                 .map_err(io(&path))?;
+            self.bytes = 0;
             let w = StreamWriter::try_new(file, &schema()).map_err(|e| self.arrow_err(e))?;
             self.writer = Some(w);
-            self.bytes = 0;
             // A new file's directory entry must be durable too.
             sync_dir(&self.dir)?;
         }
@@ -277,7 +318,7 @@ impl EventLog {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        self.bytes = w.get_ref().metadata().map_err(io(&path))?.len();
+        let bytes = w.get_ref().metadata().map_err(io(&path))?.len();
         let sync = match self.opts.fsync {
             FsyncPolicy::Always => true,
             FsyncPolicy::Interval(ms) => self.last_sync.elapsed() >= Duration::from_millis(ms),
@@ -287,20 +328,31 @@ impl EventLog {
             w.get_ref().sync_data().map_err(io(&path))?;
             self.last_sync = Instant::now();
         }
-        self.appended += events.len() as u64;
+        self.bytes = bytes;
         Ok(())
+    }
+
+    /// Lets go of the log the way a killed process would: no end-of-stream marker written, the
+    /// directory lock released. For crash tests.
+    #[doc(hidden)]
+    pub fn abandon(mut self) {
+        if let Some(w) = self.writer.take() {
+            std::mem::forget(w);
+        }
     }
 
     /// Closes the current segment (with its end-of-stream marker) and starts the next.
     pub fn rotate(&mut self) -> Result<(), EventLogError> {
         if let Some(mut w) = self.writer.take() {
             let path = self.current_path();
+            // The next segment is used whatever happens here, so one failed close cannot
+            // leave every later append trying to create an existing file.
+            self.seq += 1;
             w.finish().map_err(|e| EventLogError::Arrow {
                 path: path.clone(),
                 message: e.to_string(),
             })?;
             w.get_ref().sync_all().map_err(io(&path))?;
-            self.seq += 1;
         }
         Ok(())
     }
@@ -312,6 +364,30 @@ impl Drop for EventLog {
             tracing::warn!(error = %e, "event log: closing the last segment failed");
         }
     }
+}
+
+/// Takes the directory's writer lock (`.lock`, released when the process dies, even by kill -9).
+fn lock_dir(dir: &Path) -> Result<File, EventLogError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(".lock");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is shared.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(EventLogError::Io {
+            path,
+            source: std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                "another process (or event log) is writing this directory",
+            ),
+        });
+    }
+    Ok(f)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), EventLogError> {
@@ -337,38 +413,44 @@ fn typed<'a, T: 'static>(
 pub fn read_all(dir: &Path) -> Result<Vec<LoggedEvent>, EventLogError> {
     let mut out = Vec::new();
     for seg in segments(dir)? {
-        let keep = complete_prefix(&seg)?;
-        let mut bytes = Vec::new();
-        File::open(&seg)
-            .and_then(|f| f.take(keep).read_to_end(&mut bytes))
-            .map_err(io(&seg))?;
-        if bytes.is_empty() {
-            continue;
-        }
-        let bad = |e: arrow::error::ArrowError| EventLogError::Arrow {
-            path: seg.clone(),
-            message: e.to_string(),
-        };
-        let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(bad)?;
-        for batch in reader {
-            let b = batch.map_err(bad)?;
-            let u = typed::<UInt64Array>(&b, "user_id", &seg)?;
-            let it = typed::<UInt64Array>(&b, "item_id", &seg)?;
-            let ty = typed::<StringArray>(&b, "event_type", &seg)?;
-            let ts = typed::<Int64Array>(&b, "timestamp", &seg)?;
-            let w = typed::<Float32Array>(&b, "weight", &seg)?;
-            let id = typed::<StringArray>(&b, "event_id", &seg)?;
-            for r in 0..b.num_rows() {
-                out.push(LoggedEvent {
-                    user_id: u.value(r),
-                    item_id: it.value(r),
-                    event_type: ty.value(r).to_string(),
-                    timestamp: ts.value(r),
-                    weight: w.value(r),
-                    event_id: (!arrow::array::Array::is_null(id, r))
-                        .then(|| id.value(r).to_string()),
-                });
-            }
+        out.extend(read_segment(&seg)?);
+    }
+    Ok(out)
+}
+
+/// Reads the complete events of one segment (a torn tail is ignored).
+pub fn read_segment(seg: &Path) -> Result<Vec<LoggedEvent>, EventLogError> {
+    let mut out = Vec::new();
+    let keep = complete_prefix(seg)?;
+    let mut bytes = Vec::new();
+    File::open(seg)
+        .and_then(|f| f.take(keep).read_to_end(&mut bytes))
+        .map_err(io(seg))?;
+    if bytes.is_empty() {
+        return Ok(out);
+    }
+    let bad = |e: arrow::error::ArrowError| EventLogError::Arrow {
+        path: seg.to_path_buf(),
+        message: e.to_string(),
+    };
+    let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(bad)?;
+    for batch in reader {
+        let b = batch.map_err(bad)?;
+        let u = typed::<UInt64Array>(&b, "user_id", seg)?;
+        let it = typed::<UInt64Array>(&b, "item_id", seg)?;
+        let ty = typed::<StringArray>(&b, "event_type", seg)?;
+        let ts = typed::<Int64Array>(&b, "timestamp", seg)?;
+        let w = typed::<Float32Array>(&b, "weight", seg)?;
+        let id = typed::<StringArray>(&b, "event_id", seg)?;
+        for r in 0..b.num_rows() {
+            out.push(LoggedEvent {
+                user_id: u.value(r),
+                item_id: it.value(r),
+                event_type: ty.value(r).to_string(),
+                timestamp: ts.value(r),
+                weight: w.value(r),
+                event_id: (!arrow::array::Array::is_null(id, r)).then(|| id.value(r).to_string()),
+            });
         }
     }
     Ok(out)
@@ -426,7 +508,7 @@ mod tests {
         let seg = segments(dir.path()).unwrap()[0].clone();
         // A crash mid-append: the process dies without finishing the segment, and the last
         // message is half on disk.
-        std::mem::forget(log);
+        log.abandon();
         let len = std::fs::metadata(&seg).unwrap().len();
         let f = OpenOptions::new().write(true).open(&seg).unwrap();
         f.set_len(len - 37).unwrap();

@@ -24,6 +24,10 @@ pub const BUNDLED_DEFS: &[(&str, &str)] = &[
         include_str!("../../feature-defs/item.toml"),
     ),
     (
+        "feature-defs/streaming.toml",
+        include_str!("../../feature-defs/streaming.toml"),
+    ),
+    (
         "feature-defs/user.toml",
         include_str!("../../feature-defs/user.toml"),
     ),
@@ -107,6 +111,8 @@ enum KeySegment {
     Literal(String),
     Id,
     Version,
+    /// A time bucket number (streaming counters: one key per bucket, members are entity ids).
+    Bucket,
 }
 
 /// A Redis key pattern such as `funnel:{version}:u:{id}`, parsed once so rendering is a plain
@@ -118,11 +124,14 @@ pub struct KeyPattern {
 }
 
 impl KeyPattern {
-    /// Parses a pattern; `{id}` is required, `{version}` optional, any other `{..}` is an error.
+    /// Parses a pattern; exactly one of `{id}` and `{bucket}` is required, `{version}` is
+    /// optional, any other `{..}` is an error. Which of them a feature needs is checked with its
+    /// kind.
     pub fn parse(raw: &str) -> Result<KeyPattern, String> {
         let mut segments = Vec::new();
         let mut rest = raw;
         let mut has_id = false;
+        let mut has_bucket = false;
         while !rest.is_empty() {
             match rest.find(['{', '}']) {
                 None => {
@@ -146,10 +155,14 @@ impl KeyPattern {
                             segments.push(KeySegment::Id);
                         }
                         "{version}" => segments.push(KeySegment::Version),
+                        "{bucket}" => {
+                            has_bucket = true;
+                            segments.push(KeySegment::Bucket);
+                        }
                         other => {
                             return Err(format!(
                                 "key pattern {raw:?} has unknown placeholder {other} \
-                                 (allowed: {{id}}, {{version}})"
+                                 (allowed: {{id}}, {{version}}, {{bucket}})"
                             ))
                         }
                     }
@@ -157,8 +170,14 @@ impl KeyPattern {
                 }
             }
         }
-        if !has_id {
-            return Err(format!("key pattern {raw:?} is missing {{id}}"));
+        match (has_id, has_bucket) {
+            (false, false) => return Err(format!("key pattern {raw:?} is missing {{id}}")),
+            (true, true) => {
+                return Err(format!(
+                    "key pattern {raw:?} has both {{id}} and {{bucket}}; use one"
+                ))
+            }
+            _ => {}
         }
         Ok(KeyPattern {
             raw: raw.to_owned(),
@@ -174,13 +193,18 @@ impl KeyPattern {
         self.segments.contains(&KeySegment::Version)
     }
 
-    /// The concrete key for one entity of one bundle version.
+    pub fn has_bucket(&self) -> bool {
+        self.segments.contains(&KeySegment::Bucket)
+    }
+
+    /// The concrete key for one entity (or, for a `{bucket}` pattern, one time bucket) of one
+    /// bundle version.
     pub fn render(&self, version: &str, id: u64) -> String {
         let mut out = String::with_capacity(self.raw.len() + version.len() + 20);
         for seg in &self.segments {
             match seg {
                 KeySegment::Literal(s) => out.push_str(s),
-                KeySegment::Id => out.push_str(&id.to_string()),
+                KeySegment::Id | KeySegment::Bucket => out.push_str(&id.to_string()),
                 KeySegment::Version => out.push_str(version),
             }
         }
@@ -218,11 +242,45 @@ pub struct FeatureDef {
     pub ttl_secs: u64,
     pub kind: FeatureKind,
     pub key: KeyPattern,
+    /// For a streaming feature that Funnel's own event ingestion maintains: how (None = a batch
+    /// feature, or a streaming hash field written by an external stream processor).
+    pub update: Option<StreamUpdate>,
     pub description: String,
     pub owner: String,
     /// File and line of the `[[feature]]` entry.
     pub source: DefLocation,
 }
+
+/// How event ingestion maintains a streaming feature, and so its Redis structure. Each such
+/// feature owns its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamUpdate {
+    /// `update = "recent"`: the newest `max_len` distinct ids an entity interacted with, newest
+    /// first (a Redis LIST; `i64_list`).
+    Recent { max_len: usize },
+    /// `update = "seen"`: ids an entity was shown or used, each forgotten `ttl` after it was
+    /// last seen, at most `max_len` kept (a Redis ZSET scored by time; `i64_list`).
+    Seen { max_len: usize },
+    /// `update = "counter"`: weighted event counts per id in time buckets of `bucket_secs`, kept
+    /// for `window_secs` (one Redis ZSET per bucket, members are ids; `f32`). The key holds
+    /// `{bucket}` instead of `{id}`: a counter is read as a top list across ids.
+    Counter { bucket_secs: u64, window_secs: u64 },
+}
+
+impl StreamUpdate {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StreamUpdate::Recent { .. } => "recent",
+            StreamUpdate::Seen { .. } => "seen",
+            StreamUpdate::Counter { .. } => "counter",
+        }
+    }
+}
+
+/// Largest accepted `max_len` of a streaming list or set.
+pub const MAX_STREAM_LEN: i64 = 100_000;
+/// Most buckets a counter's window may span (each is one Redis key read per refresh).
+pub const MAX_COUNTER_BUCKETS: u64 = 1_000;
 
 /// Features that share one key pattern, i.e. one Redis hash per entity.
 #[derive(Debug, Clone)]
@@ -362,9 +420,9 @@ impl FeatureRegistry {
         self.groups.iter().filter(move |g| g.entity == entity)
     }
 
-    /// Hex sha256 over the canonicalised defs, for the bundle manifest. Independent of file
-    /// names, order and whitespace; `description` and `owner` are excluded so documentation
-    /// edits do not invalidate bundles.
+    /// Hex sha256 over the canonicalised *batch* defs, for the bundle manifest (what a bundle
+    /// holds depends on them alone). Independent of file names, order and whitespace;
+    /// `description` and `owner` are excluded so documentation edits do not invalidate bundles.
     pub fn hash(&self) -> &str {
         &self.hash
     }
@@ -425,6 +483,14 @@ struct RawFeature {
     ttl: Spanned<toml::Value>,
     kind: Spanned<String>,
     key: Spanned<String>,
+    #[serde(default)]
+    update: Option<Spanned<String>>,
+    #[serde(default)]
+    max_len: Option<Spanned<i64>>,
+    #[serde(default)]
+    bucket: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    window: Option<Spanned<toml::Value>>,
     description: Spanned<String>,
     owner: Spanned<String>,
 }
@@ -528,6 +594,15 @@ fn parse_file(file: &str, content: &str, defs: &mut Vec<FeatureDef>, errors: &mu
 
         let key = match KeyPattern::parse(f.key.get_ref()) {
             Ok(k) => {
+                if kind == Some(FeatureKind::Batch) && k.has_bucket() {
+                    bad(
+                        f.key.span().start,
+                        format!(
+                            "key pattern {:?}: {{bucket}} is for streaming counters only",
+                            k.as_str()
+                        ),
+                    );
+                }
                 if kind == Some(FeatureKind::Batch) && !k.has_version() {
                     bad(
                         f.key.span().start,
@@ -545,6 +620,8 @@ fn parse_file(file: &str, content: &str, defs: &mut Vec<FeatureDef>, errors: &mu
                 None
             }
         };
+
+        let update = parse_update(&f, kind, dtype.as_ref(), key.as_ref(), ttl, &mut bad);
 
         for (field, value) in [("description", &f.description), ("owner", &f.owner)] {
             if value.get_ref().trim().is_empty() {
@@ -566,6 +643,7 @@ fn parse_file(file: &str, content: &str, defs: &mut Vec<FeatureDef>, errors: &mu
                 ttl_secs,
                 kind,
                 key,
+                update,
                 description: f.description.into_inner(),
                 owner: f.owner.into_inner(),
                 source: DefLocation {
@@ -573,6 +651,170 @@ fn parse_file(file: &str, content: &str, defs: &mut Vec<FeatureDef>, errors: &mu
                     line: line_of(content, entry_offset),
                 },
             });
+        }
+    }
+}
+
+/// The `update`, `max_len`, `bucket` and `window` fields: only streaming features maintained by
+/// event ingestion have them, and each update kind needs its own dtype, key shape and fields.
+fn parse_update(
+    f: &RawFeature,
+    kind: Option<FeatureKind>,
+    dtype: Option<&Dtype>,
+    key: Option<&KeyPattern>,
+    ttl: Option<u64>,
+    bad: &mut impl FnMut(usize, String),
+) -> Option<StreamUpdate> {
+    let Some(update) = &f.update else {
+        for (field, at) in [
+            ("max_len", f.max_len.as_ref().map(|v| v.span().start)),
+            ("bucket", f.bucket.as_ref().map(|v| v.span().start)),
+            ("window", f.window.as_ref().map(|v| v.span().start)),
+        ] {
+            if let Some(at) = at {
+                bad(
+                    at,
+                    format!("{field} needs update = \"recent\", \"seen\" or \"counter\""),
+                );
+            }
+        }
+        if key.is_some_and(KeyPattern::has_bucket) && kind == Some(FeatureKind::Streaming) {
+            bad(
+                f.key.span().start,
+                "a {bucket} key needs update = \"counter\"".to_owned(),
+            );
+        }
+        return None;
+    };
+    let at = update.span().start;
+    if key.is_some_and(KeyPattern::has_version) {
+        bad(
+            f.key.span().start,
+            "a streaming feature with `update` describes what users did, whichever bundle \
+             serves: its key must not contain {version}"
+                .to_owned(),
+        );
+    }
+    if kind == Some(FeatureKind::Batch) {
+        bad(
+            at,
+            "update is for streaming features; batch features are written by the build".to_owned(),
+        );
+        return None;
+    }
+    let want_dtype = |want: Dtype, bad: &mut dyn FnMut(usize, String)| {
+        if let Some(d) = dtype {
+            if *d != want {
+                bad(
+                    f.dtype.span().start,
+                    format!(
+                        "update = {:?} needs dtype {want}, not {d}",
+                        update.get_ref()
+                    ),
+                );
+            }
+        }
+    };
+    let forbid = |field: &str, at: Option<usize>, bad: &mut dyn FnMut(usize, String)| {
+        if let Some(at) = at {
+            bad(
+                at,
+                format!("{field} does not apply to update = {:?}", update.get_ref()),
+            );
+        }
+    };
+    let max_len = |bad: &mut dyn FnMut(usize, String)| match &f.max_len {
+        None => {
+            bad(at, format!("update = {:?} needs max_len", update.get_ref()));
+            None
+        }
+        Some(m) if !(1..=MAX_STREAM_LEN).contains(m.get_ref()) => {
+            bad(
+                m.span().start,
+                format!("max_len must be within 1..={MAX_STREAM_LEN}"),
+            );
+            None
+        }
+        Some(m) => usize::try_from(*m.get_ref()).ok(),
+    };
+    match update.get_ref().as_str() {
+        name @ ("recent" | "seen") => {
+            want_dtype(Dtype::I64List, bad);
+            forbid("bucket", f.bucket.as_ref().map(|v| v.span().start), bad);
+            forbid("window", f.window.as_ref().map(|v| v.span().start), bad);
+            if key.is_some_and(KeyPattern::has_bucket) {
+                bad(
+                    f.key.span().start,
+                    format!("update = {name:?} keys one entity: use {{id}}, not {{bucket}}"),
+                );
+            }
+            let n = max_len(bad)?;
+            Some(if name == "recent" {
+                StreamUpdate::Recent { max_len: n }
+            } else {
+                StreamUpdate::Seen { max_len: n }
+            })
+        }
+        "counter" => {
+            want_dtype(Dtype::F32, bad);
+            forbid("max_len", f.max_len.as_ref().map(|v| v.span().start), bad);
+            if key.is_some_and(|k| !k.has_bucket()) {
+                bad(
+                    f.key.span().start,
+                    "update = \"counter\" keys one time bucket: use {bucket}, not {id}".to_owned(),
+                );
+            }
+            let dur = |field: &str,
+                       v: &Option<Spanned<toml::Value>>,
+                       bad: &mut dyn FnMut(usize, String)| {
+                match v {
+                    None => {
+                        bad(at, format!("update = \"counter\" needs {field}"));
+                        None
+                    }
+                    Some(v) => match parse_ttl(v.get_ref()) {
+                        Ok(s) => Some(s),
+                        Err(m) => {
+                            bad(
+                                v.span().start,
+                                format!("{field}: {}", m.trim_start_matches("bad ttl")),
+                            );
+                            None
+                        }
+                    },
+                }
+            };
+            let bucket = dur("bucket", &f.bucket, bad);
+            let window = dur("window", &f.window, bad);
+            let (bucket_secs, window_secs) = (bucket?, window?);
+            if window_secs < bucket_secs || window_secs / bucket_secs > MAX_COUNTER_BUCKETS {
+                bad(
+                    f.window.as_ref().map_or(at, |v| v.span().start),
+                    format!(
+                        "window must span 1..={MAX_COUNTER_BUCKETS} buckets \
+                         ({window_secs} s / {bucket_secs} s)"
+                    ),
+                );
+                return None;
+            }
+            if ttl.is_some_and(|t| t < window_secs) {
+                bad(
+                    f.ttl.span().start,
+                    "a counter's ttl (how long a bucket key lives) must be >= its window"
+                        .to_owned(),
+                );
+            }
+            Some(StreamUpdate::Counter {
+                bucket_secs,
+                window_secs,
+            })
+        }
+        other => {
+            bad(
+                at,
+                format!("unknown update {other:?} (expected \"recent\", \"seen\" or \"counter\")"),
+            );
+            None
         }
     }
 }
@@ -775,6 +1017,21 @@ fn build_groups(defs: &[FeatureDef], errors: &mut Vec<DefError>) -> Vec<KeyGroup
             }),
             Some(g) => {
                 let first = &defs[g.features[0]];
+                if d.update.is_some() || first.update.is_some() {
+                    errors.push(DefError {
+                        file: d.source.file.clone(),
+                        line: d.source.line,
+                        message: format!(
+                            "feature {:?} shares key {:?} with {:?} ({}); a streaming feature \
+                             with `update` is its own Redis structure and needs its own key",
+                            d.name,
+                            d.key.as_str(),
+                            first.name,
+                            first.source
+                        ),
+                    });
+                    continue;
+                }
                 if g.entity != d.entity || g.kind != d.kind {
                     errors.push(DefError {
                         file: d.source.file.clone(),
@@ -803,7 +1060,13 @@ fn build_groups(defs: &[FeatureDef], errors: &mut Vec<DefError>) -> Vec<KeyGroup
 }
 
 fn canonical_hash(defs: &[FeatureDef]) -> String {
-    let mut sorted: Vec<&FeatureDef> = defs.iter().collect();
+    // Only batch features are built into a bundle or pushed under its version, so only they
+    // decide whether a bundle fits these defs: adding or changing a streaming feature does not
+    // invalidate bundles.
+    let mut sorted: Vec<&FeatureDef> = defs
+        .iter()
+        .filter(|d| d.kind == FeatureKind::Batch)
+        .collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     let mut h = Sha256::new();
     h.update(b"funnel-feature-defs/v1\n");

@@ -8,6 +8,7 @@
 //! * [`embedded`]: the server's in-process store read from the bundle (no-Redis mode).
 //! * [`redis`]: pushing a table to Redis and the server's pipelined Redis reader.
 //! * [`online`]: the request path's typed view of user features and item overrides (Redis + moka).
+//! * [`streaming`]: the streaming features event ingestion maintains (Redis or in process).
 //!
 //! Both stores return only what is stored (`None` for an unknown entity, rows may lack
 //! features); callers apply declared defaults with [`FeatureRegistry::value_or_default`].
@@ -18,6 +19,7 @@ pub mod embedded;
 pub mod online;
 pub mod redis;
 pub mod stats;
+pub mod streaming;
 pub mod table;
 
 use std::collections::HashMap;
@@ -30,7 +32,7 @@ use thiserror::Error;
 pub use self::codec::{CodecError, Dtype, FeatureValue};
 pub use self::defs::{
     DefLocation, Entity, FeatureDef, FeatureKind, FeatureRegistry, KeyGroup, KeyPattern,
-    BUNDLED_DEFS,
+    StreamUpdate, BUNDLED_DEFS,
 };
 pub use self::embedded::EmbeddedStore;
 pub use self::redis::{

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::streaming::{StreamUser, RECENT_FEATURE, SEEN_FEATURE};
 use super::{Entity, FeatureError, FeatureRow, RedisFeatureStore};
 
 /// The user features the request path uses (absent features take their declared defaults).
@@ -19,6 +20,10 @@ pub struct UserFeatures {
     pub history_len: u32,
     /// Nightly batch top-k item ids, best first.
     pub batch_recs: Vec<u64>,
+    /// Streaming: items engaged with since the build, newest first (from event ingestion).
+    pub stream_recent: Vec<u64>,
+    /// Streaming: items recently shown or used, to be suppressed.
+    pub seen: Vec<u64>,
 }
 
 impl UserFeatures {
@@ -48,7 +53,25 @@ impl UserFeatures {
                 .map(|n| n.clamp(0, u32::MAX as i64) as u32)
                 .unwrap_or(0),
             batch_recs: ids("batch_recs"),
+            stream_recent: ids(RECENT_FEATURE),
+            seen: ids(SEEN_FEATURE),
         }
+    }
+
+    /// Whether the nightly build knew the user (anything beyond streamed events).
+    pub fn from_build(&self) -> bool {
+        self.embedding.is_some()
+            || self.history_len > 0
+            || !self.recent_items.is_empty()
+            || !self.category_prefs.is_empty()
+            || !self.batch_recs.is_empty()
+    }
+
+    /// Takes the in-process streaming state (the no-Redis mode).
+    pub fn with_stream(mut self, s: StreamUser) -> Self {
+        self.stream_recent = s.recent;
+        self.seen = s.seen;
+        self
     }
 }
 

@@ -17,8 +17,8 @@ use tokio::sync::RwLock;
 use tokio::task::JoinSet;
 
 use super::codec;
-use super::defs::{Entity, FeatureKind, FeatureRegistry, KeyGroup};
-use super::{FeatureError, FeatureRow, FeatureTable};
+use super::defs::{Entity, FeatureKind, FeatureRegistry, KeyGroup, StreamUpdate};
+use super::{FeatureError, FeatureRow, FeatureTable, FeatureValue};
 
 /// Key holding the version of the last complete push.
 pub const CURRENT_VERSION_KEY: &str = "funnel:current_version";
@@ -382,17 +382,43 @@ impl RedisFeatureStore {
     ) -> Result<Vec<Option<FeatureRow>>, FeatureError> {
         validate_version(version)?;
         let registry = &self.shared.registry;
-        let groups: Vec<&KeyGroup> = registry.key_groups(entity).collect();
+        // Counter groups are one key per time bucket, not per entity: read as top lists.
+        let groups: Vec<(&KeyGroup, Option<StreamUpdate>)> = registry
+            .key_groups(entity)
+            .map(|g| (g, registry.defs()[g.features[0]].update))
+            .filter(|(_, u)| !matches!(u, Some(StreamUpdate::Counter { .. })))
+            .collect();
         if ids.is_empty() || groups.is_empty() {
             return Ok(vec![None; ids.len()]);
         }
+        let now = unix_now_f64();
         let mut pipe = ::redis::pipe();
         for &id in ids {
-            for group in &groups {
-                pipe.cmd("HGETALL").arg(group.key.render(version, id));
+            for (group, update) in &groups {
+                let key = group.key.render(version, id);
+                match update {
+                    None => {
+                        pipe.cmd("HGETALL").arg(key);
+                    }
+                    Some(StreamUpdate::Recent { max_len }) => {
+                        pipe.cmd("LRANGE").arg(key).arg(0).arg(*max_len as i64 - 1);
+                    }
+                    Some(StreamUpdate::Seen { max_len }) => {
+                        // Entries older than the feature's ttl are forgotten even before the
+                        // next write trims them.
+                        pipe.cmd("ZREVRANGEBYSCORE")
+                            .arg(key)
+                            .arg("+inf")
+                            .arg(format!("({}", now - group.ttl_secs as f64))
+                            .arg("LIMIT")
+                            .arg(0)
+                            .arg(*max_len);
+                    }
+                    Some(StreamUpdate::Counter { .. }) => {}
+                }
             }
         }
-        let context = "HGETALL features";
+        let context = "read features";
         let replies = self.query(&pipe, context).await?;
         if replies.len() != ids.len() * groups.len() {
             return Err(reply_err(
@@ -408,8 +434,16 @@ impl RedisFeatureStore {
         let mut out = Vec::with_capacity(ids.len());
         for &id in ids {
             let mut row = FeatureRow::new();
-            for group in &groups {
+            for (group, update) in &groups {
                 let reply = replies.next().unwrap_or(Value::Nil);
+                if update.is_some() {
+                    let index = group.features[0];
+                    let list = id_list(reply).map_err(|m| reply_err(context, &m))?;
+                    if !list.is_empty() {
+                        row.insert(registry.name_arc(index), FeatureValue::I64List(list));
+                    }
+                    continue;
+                }
                 let pairs = hash_pairs(reply).map_err(|m| reply_err(context, &m))?;
                 for (field, bytes) in pairs {
                     // Unknown fields come from newer defs, or belong to another group: skip.
@@ -442,7 +476,11 @@ impl RedisFeatureStore {
     }
 
     /// Runs `pipe`, reconnecting and retrying once if the connection was lost.
-    async fn query(&self, pipe: &Pipeline, context: &str) -> Result<Vec<Value>, FeatureError> {
+    pub(crate) async fn query(
+        &self,
+        pipe: &Pipeline,
+        context: &str,
+    ) -> Result<Vec<Value>, FeatureError> {
         let (generation, mut conn) = {
             let guard = self.shared.conn.read().await;
             (guard.0, guard.1.clone())
@@ -477,20 +515,43 @@ impl RedisFeatureStore {
     }
 }
 
-fn reply_err(context: &str, message: &str) -> FeatureError {
+pub(crate) fn reply_err(context: &str, message: &str) -> FeatureError {
     FeatureError::RedisReply {
         context: context.to_owned(),
         message: message.to_owned(),
     }
 }
 
-fn value_bytes(v: Value) -> Option<Vec<u8>> {
+pub(crate) fn value_bytes(v: Value) -> Option<Vec<u8>> {
     match v {
         Value::BulkString(b) => Some(b),
         Value::SimpleString(s) => Some(s.into_bytes()),
         Value::VerbatimString { text, .. } => Some(text.into_bytes()),
         _ => None,
     }
+}
+
+/// Wall-clock unix time in seconds (streaming features are kept in ingest time).
+pub(crate) fn unix_now_f64() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The ids of a LRANGE / ZRANGE reply, in order; members that are not integers (written by
+/// something else) are skipped.
+fn id_list(reply: Value) -> Result<Vec<i64>, String> {
+    let items = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(items) | Value::Set(items) => items,
+        Value::ServerError(e) => return Err(format!("server error: {e:?}")),
+        _ => return Err("expected a list".to_owned()),
+    };
+    Ok(items
+        .into_iter()
+        .filter_map(value_bytes)
+        .filter_map(|b| std::str::from_utf8(&b).ok()?.parse::<i64>().ok())
+        .collect())
 }
 
 /// One hash field and its value, as raw bytes.

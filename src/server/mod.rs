@@ -1,4 +1,5 @@
-//! The HTTP surface (axum): `POST /v1/recommend`, `GET /healthz`, `GET /readyz`. It owns the
+//! The HTTP surface (axum): `POST /v1/recommend`, `POST /v1/events`, `GET /healthz`,
+//! `GET /readyz`. It owns the
 //! mapping of failures to statuses — every error is JSON `{code, message}` — and the containment
 //! of panics: a request that panics gets a 500, the server keeps serving.
 
@@ -35,6 +36,7 @@ struct AppState {
 /// The application's routes over `engine`.
 pub fn router(engine: Arc<Engine>) -> Router {
     let limit = engine.config().server.max_body_bytes;
+    let events_limit = engine.config().events.max_body_bytes;
     let state = AppState {
         engine,
         next_id: Arc::new(AtomicU64::new(1)),
@@ -42,6 +44,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
     };
     Router::new()
         .route("/v1/recommend", post(recommend))
+        .route(
+            "/v1/events",
+            post(events).layer(DefaultBodyLimit::max(events_limit)),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -60,9 +66,14 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     on_bound(listener.local_addr()?);
-    axum::serve(listener, router(engine))
+    let background = engine.spawn_background();
+    let served = axum::serve(listener, router(engine))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    if let Some(b) = background {
+        b.abort();
+    }
+    served
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -77,7 +88,9 @@ async fn not_found() -> ApiError {
     ApiError {
         status: 404,
         code: "not_found",
-        message: "no such route; try POST /v1/recommend, GET /healthz or GET /readyz".into(),
+        message:
+            "no such route; try POST /v1/recommend, POST /v1/events, GET /healthz or GET /readyz"
+                .into(),
     }
 }
 
@@ -89,18 +102,23 @@ async fn method_not_allowed() -> ApiError {
     }
 }
 
+/// The body, or the JSON error for a body that is too large (413) or unreadable (400).
+fn body_or_error(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    match body {
+        Ok(b) => Ok(b),
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::too_large(limit)),
+        Err(r) => Err(ApiError::malformed(r.body_text())),
+    }
+}
+
 async fn recommend(
     State(s): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let limit = s.engine.config().server.max_body_bytes;
-    let body = match body {
+    let body = match body_or_error(body, s.engine.config().server.max_body_bytes) {
         Ok(b) => b,
-        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return ApiError::too_large(limit).into_response()
-        }
-        Err(r) => return ApiError::malformed(r.body_text()).into_response(),
+        Err(e) => return e.into_response(),
     };
     let req = match RecommendRequest::parse(&body, &s.engine.config().server) {
         Ok(r) => r,
@@ -134,4 +152,21 @@ async fn recommend(
         resp.headers_mut().insert("x-request-id", v);
     }
     resp
+}
+
+async fn events(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body_or_error(body, s.engine.config().events.max_body_bytes) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let engine = s.engine.clone();
+    // As for recommend: a panic is contained to this request.
+    match tokio::spawn(async move { engine.ingest(&body).await }).await {
+        Ok(Ok(r)) => (StatusCode::ACCEPTED, Json(r)).into_response(),
+        Ok(Err(e)) => e.into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "events task failed");
+            ApiError::internal("internal error while ingesting events").into_response()
+        }
+    }
 }

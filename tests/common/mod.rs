@@ -68,7 +68,19 @@ pub fn test_config() -> EngineConfig {
     // Unoptimised test builds share two cores with other tests: give ranking most of the
     // 200 ms budget so that only injected faults, not a busy machine, trip its slice.
     cfg.budget.rank_ms = 150;
+    // Each server its own event log (a directory takes one writer).
+    cfg.events.log_dir = fresh_dir("events").display().to_string();
     cfg
+}
+
+/// A new, empty directory under the target's temp dir, unique within this test binary.
+pub fn fresh_dir(tag: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 /// A live server on a loopback port, stopped on drop.
@@ -123,6 +135,18 @@ impl TestServer {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// POSTs `{"events": events}` to /v1/events; returns (status, JSON body).
+    pub async fn events(&self, events: serde_json::Value) -> (u16, serde_json::Value) {
+        let r = reqwest::Client::new()
+            .post(self.url("/v1/events"))
+            .json(&serde_json::json!({ "events": events }))
+            .send()
+            .await
+            .expect("send");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("JSON body"))
     }
 
     /// POSTs a JSON body to /v1/recommend; returns (status, JSON body).

@@ -1,6 +1,8 @@
-//! Arrow IPC input (`.arrow` / `.ipc` / `.feather`): the file format (detected by its `ARROW1`
-//! magic) or, failing that, the stream format, as an event-log writer appends it. Batches are
-//! converted by [`super::columnar`].
+//! Arrow IPC input (`.arrow` / `.ipc` / `.feather` / `.arrows`): the file format (detected by its
+//! `ARROW1` magic) or, failing that, the stream format, as the server's event log appends it.
+//! A stream is read up to its last complete message, so a log the server is still appending
+//! to, or one a crash left with a torn tail, builds from everything that was acknowledged.
+//! Batches are converted by [`super::columnar`].
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -10,7 +12,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
 use arrow::ipc::reader::{FileReader, StreamReader};
-use arrow::ipc::{root_as_footer, root_as_message};
+use arrow::ipc::root_as_footer;
 
 use super::{columnar, guarded, open_nonempty, IngestError, Location, RawInteraction, RawItem};
 
@@ -42,19 +44,43 @@ fn open(path: &Path) -> Result<(SchemaRef, Batches), IngestError> {
     let is_file_format = file.read_exact(&mut magic).is_ok() && &magic == FILE_MAGIC;
     if is_file_format {
         check_file_format(&mut file, len).map_err(corrupt)?;
-    } else {
-        check_stream_format(&mut file, len).map_err(corrupt)?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| IngestError::io(path, e))?;
+        let r =
+            FileReader::try_new(BufReader::new(file), None).map_err(|e| corrupt(e.to_string()))?;
+        return Ok((r.schema(), Box::new(r)));
+    }
+    // The same scan the event log recovers with: every length is bounded by the file size
+    // before anything is allocated.
+    let keep = funnel::events::log::complete_prefix(path).map_err(|e| corrupt(e.to_string()))?;
+    if keep == 0 && magic[..4] == [0xff; 4] {
+        // A stream torn inside its first message (a segment the server had just created when
+        // it died): nothing was acknowledged from it. A directory skips it like an empty file.
+        tracing::warn!(file = %path.display(), "Arrow stream torn inside its first message");
+        return Err(IngestError::TornStream {
+            path: path.to_path_buf(),
+        });
+    }
+    if keep == 0 {
+        return Err(corrupt(
+            "no complete Arrow IPC stream message (not an Arrow file, or torn at its first message)"
+                .into(),
+        ));
+    }
+    if keep < len {
+        tracing::warn!(
+            file = %path.display(),
+            complete_bytes = keep,
+            ignored_bytes = len - keep,
+            "Arrow stream ends in an incomplete message (a log still being written, or a torn \
+             tail): reading the complete messages"
+        );
     }
     file.seek(SeekFrom::Start(0))
         .map_err(|e| IngestError::io(path, e))?;
-    let reader = BufReader::new(file);
-    if is_file_format {
-        let r = FileReader::try_new(reader, None).map_err(|e| corrupt(e.to_string()))?;
-        Ok((r.schema(), Box::new(r)))
-    } else {
-        let r = StreamReader::try_new(reader, None).map_err(|e| corrupt(e.to_string()))?;
-        Ok((r.schema(), Box::new(r)))
-    }
+    let r = StreamReader::try_new(BufReader::new(file.take(keep)), None)
+        .map_err(|e| corrupt(e.to_string()))?;
+    Ok((r.schema(), Box::new(r)))
 }
 
 // The Arrow IPC readers allocate whatever a length field says before reading it, so a corrupt
@@ -110,56 +136,6 @@ fn check_file_format(file: &mut File, len: u64) -> Result<(), String> {
                 b.bodyLength()
             ));
         }
-    }
-    Ok(())
-}
-
-/// Stream format: every message's metadata and body length within the bytes that remain.
-fn check_stream_format(file: &mut File, len: u64) -> Result<(), String> {
-    const CONTINUATION: [u8; 4] = [0xff; 4];
-    let mut pos = 0u64;
-    file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
-    for index in 1u64.. {
-        let read_i32 = |file: &mut File, pos: &mut u64| -> Result<[u8; 4], String> {
-            let mut b = [0u8; 4];
-            file.read_exact(&mut b)
-                .map_err(|_| format!("message {index} at byte {pos}: stream cut short"))?;
-            *pos += 4;
-            Ok(b)
-        };
-        if pos == len {
-            return Ok(()); // no end-of-stream marker: a writer may still be appending
-        }
-        let mut word = read_i32(file, &mut pos)?;
-        if word == CONTINUATION {
-            word = read_i32(file, &mut pos)?;
-        }
-        let meta_len = i32::from_le_bytes(word);
-        if meta_len == 0 {
-            return Ok(()); // end-of-stream marker
-        }
-        let meta_len = u64::try_from(meta_len).unwrap_or(u64::MAX);
-        if meta_len > len - pos {
-            return Err(format!(
-                "message {index} at byte {pos}: metadata length {meta_len} exceeds the {} bytes left",
-                len - pos
-            ));
-        }
-        let mut meta = vec![0u8; meta_len as usize];
-        file.read_exact(&mut meta).map_err(|e| e.to_string())?;
-        pos += meta_len;
-        let message = root_as_message(&meta)
-            .map_err(|e| format!("message {index} at byte {pos}: invalid metadata: {e}"))?;
-        let body = u64::try_from(message.bodyLength()).unwrap_or(u64::MAX);
-        if body > len - pos {
-            return Err(format!(
-                "message {index} at byte {pos}: body length {} exceeds the {} bytes left (stream cut short?)",
-                message.bodyLength(),
-                len - pos
-            ));
-        }
-        pos += body;
-        file.seek(SeekFrom::Start(pos)).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -85,6 +85,8 @@ pub enum IngestError {
     },
     #[error("{}: file is empty", path.display())]
     EmptyFile { path: PathBuf },
+    #[error("{}: Arrow stream torn inside its first message (nothing complete to read)", path.display())]
+    TornStream { path: PathBuf },
     #[error("{}: no data rows", path.display())]
     NoRows { path: PathBuf },
     #[error("{}: missing required column {column} (accepted names: {accepted}; found: {found})", path.display())]
@@ -238,7 +240,8 @@ pub fn read_interactions(path: &Path) -> Result<Vec<RawInteraction>, IngestError
                     all.append(&mut rows);
                 }
             }
-            Err(IngestError::EmptyFile { .. }) => {
+            Err(IngestError::EmptyFile { .. } | IngestError::TornStream { .. }) => {
+                // An event log's newest segment can be empty or torn at its start.
                 tracing::warn!(file = %file.display(), "skipping empty interaction file");
             }
             Err(e) => return Err(e),

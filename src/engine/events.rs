@@ -1,0 +1,247 @@
+//! The engine's side of event ingestion: `POST /v1/events` (validate → durable log → streaming
+//! features) and the background refresh that moves the trending source with the live counters.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{EventsConfig, FsyncMode};
+use crate::events::api::{parse_batch, EventsResponse};
+use crate::events::ingest::{IngestError, IngestOptions, Ingestor};
+use crate::events::log::{FsyncPolicy, LogOptions};
+use crate::features::redis::unix_now_f64;
+use crate::features::streaming::{StreamEvent, StreamStore};
+use crate::sources::ScoredItem;
+
+use super::api::ApiError;
+use super::Engine;
+
+/// Failed live trending refreshes in a row after which the build's list serves alone.
+const STALE_AFTER_FAILURES: u64 = 20;
+
+/// Event ingestion's state, for `/readyz`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EventsState {
+    pub enabled: bool,
+    pub log_dir: Option<String>,
+    /// Events appended to the log by this process, retries dropped, group commits, failures.
+    pub appended: u64,
+    pub duplicates: u64,
+    pub commits: u64,
+    pub failures: u64,
+    /// `event_id`s remembered from the log at start.
+    pub recovered_ids: usize,
+    /// Where the streaming features live: "redis" or "memory".
+    pub stream_store: &'static str,
+    /// Live trending refreshes that failed in a row.
+    pub trending_refresh_failures: u64,
+}
+
+/// Opens the event log the config names.
+pub(super) fn open_log(cfg: &EventsConfig) -> Result<Ingestor, IngestError> {
+    let fsync = match cfg.fsync {
+        FsyncMode::Always => FsyncPolicy::Always,
+        FsyncMode::Interval => FsyncPolicy::Interval(cfg.fsync_interval_ms),
+        FsyncMode::Never => FsyncPolicy::Never,
+    };
+    let ing = Ingestor::start(
+        Path::new(&cfg.log_dir),
+        IngestOptions {
+            log: LogOptions {
+                segment_bytes: cfg.segment_mb.saturating_mul(1 << 20),
+                fsync,
+            },
+            dedupe_window: Duration::from_secs(cfg.dedupe_window_s),
+            dedupe_capacity: cfg.dedupe_capacity,
+            queue: cfg.queue,
+        },
+    )?;
+    tracing::info!(
+        dir = %cfg.log_dir,
+        recovered_ids = ing.recovered_ids,
+        fsync = ?cfg.fsync,
+        "event log open"
+    );
+    Ok(ing)
+}
+
+impl Engine {
+    /// `POST /v1/events`: validates each event, appends the good ones durably (retried
+    /// `event_id`s once), then moves the streaming features. Answers only after the log holds
+    /// the events.
+    pub async fn ingest(self: &Arc<Self>, body: &[u8]) -> Result<EventsResponse, ApiError> {
+        let Some(ing) = &self.ingestor else {
+            return Err(ApiError {
+                status: 503,
+                code: "events_disabled",
+                message: "event ingestion is disabled on this server (events.enabled = false)"
+                    .into(),
+            });
+        };
+        let now = unix_now_f64();
+        let batch = parse_batch(body, self.cfg.events.max_batch, now as i64)?;
+        let fresh = ing.submit(batch.events.clone()).await.map_err(|e| {
+            let busy = matches!(e, IngestError::Busy(_));
+            ApiError {
+                status: 503,
+                code: if busy {
+                    "overloaded"
+                } else {
+                    "event_log_unavailable"
+                },
+                message: format!("{e}; nothing in this batch was recorded, retry it"),
+            }
+        })?;
+        let stream: Vec<StreamEvent> = batch
+            .events
+            .iter()
+            .zip(&fresh)
+            .filter(|(_, new)| **new)
+            .map(|(e, _)| StreamEvent {
+                user_id: e.user_id,
+                item_id: e.item_id,
+                weight: e.weight,
+                at: e.timestamp,
+            })
+            .collect();
+        let accepted = stream.len();
+        let features_updated = self.apply_streams(&stream, now).await;
+        Ok(EventsResponse {
+            accepted,
+            duplicates: fresh.len() - accepted,
+            rejected: batch.rejected,
+            features_updated,
+        })
+    }
+
+    /// Moves the streaming features; false when the online store could not take them.
+    async fn apply_streams(&self, events: &[StreamEvent], now: f64) -> bool {
+        if events.is_empty() {
+            return true;
+        }
+        if let StreamStore::Redis(_) = &self.streams {
+            if !self.redis_breaker.allow() {
+                return false;
+            }
+            let limit = Duration::from_millis(self.cfg.features.redis_timeout_ms);
+            let got = tokio::time::timeout(limit, self.streams.apply(events, now)).await;
+            let ok = matches!(got, Ok(Ok(())));
+            self.redis_breaker.record(ok);
+            if !ok {
+                tracing::warn!(
+                    events = events.len(),
+                    "streaming features not updated (redis); the events are logged"
+                );
+            }
+            return ok;
+        }
+        self.streams.apply(events, now).await.is_ok()
+    }
+
+    /// Recomputes the live trending list from the counters and blends it into the trending
+    /// source. Returns how many live items it used.
+    pub async fn refresh_trending(&self) -> Result<usize, String> {
+        let Some(src) = &self.trending else {
+            return Ok(0);
+        };
+        if self.streams.defs().trending.is_none() {
+            return Ok(0);
+        }
+        if matches!(self.streams, StreamStore::Redis(_)) && !self.redis_breaker.is_closed() {
+            return Err("redis circuit open".into());
+        }
+        let ev = &self.cfg.events;
+        let top = tokio::time::timeout(
+            Duration::from_millis(self.cfg.features.redis_timeout_ms.max(100)),
+            self.streams
+                .trending(unix_now_f64(), ev.trending_top, ev.trending_half_life_s),
+        )
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+        let live: Vec<ScoredItem> = top
+            .iter()
+            .filter_map(|&(id, score)| {
+                Some(ScoredItem {
+                    item: self.bundle.catalog.idx(id)?,
+                    score: score as f32,
+                })
+            })
+            .collect();
+        let n = live.len();
+        let (src, weight) = (src.clone(), ev.trending_weight);
+        // Blending walks the whole build list: off the reactor.
+        tokio::task::spawn_blocking(move || src.set_live(&live, weight))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(n)
+    }
+
+    /// Starts the engine's background work (the live trending refresh). It stops by itself
+    /// once the engine is dropped.
+    pub fn spawn_background(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        if self.trending.is_none() || self.streams.defs().trending.is_none() {
+            return None;
+        }
+        let weak = Arc::downgrade(self);
+        let every = Duration::from_millis(self.cfg.events.trending_refresh_ms);
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(engine) = weak.upgrade() else {
+                    break;
+                };
+                match engine.refresh_trending().await {
+                    Ok(_) => engine.trending_failures.store(0, Ordering::Relaxed),
+                    Err(e) => {
+                        let n = engine.trending_failures.fetch_add(1, Ordering::Relaxed);
+                        if n == 0 {
+                            tracing::warn!(error = %e, "live trending refresh failed");
+                        }
+                        // A live list that cannot be refreshed goes stale: after a few seconds
+                        // of failures the build's list serves alone again.
+                        if n + 1 == STALE_AFTER_FAILURES {
+                            if let Some(src) = engine.trending.clone() {
+                                let _ = tokio::task::spawn_blocking(move || src.set_live(&[], 0.0))
+                                    .await;
+                            }
+                        }
+                    }
+                }
+            }
+        }))
+    }
+
+    pub(super) fn events_state(&self) -> EventsState {
+        let (appended, duplicates, commits, failures, recovered) = match &self.ingestor {
+            Some(i) => (
+                i.stats.appended.load(Ordering::Relaxed),
+                i.stats.duplicates.load(Ordering::Relaxed),
+                i.stats.commits.load(Ordering::Relaxed),
+                i.stats.failures.load(Ordering::Relaxed),
+                i.recovered_ids,
+            ),
+            None => (0, 0, 0, 0, 0),
+        };
+        EventsState {
+            enabled: self.ingestor.is_some(),
+            log_dir: self
+                .ingestor
+                .as_ref()
+                .map(|i| i.dir().display().to_string()),
+            appended,
+            duplicates,
+            commits,
+            failures,
+            recovered_ids: recovered,
+            stream_store: match self.streams {
+                StreamStore::Redis(_) => "redis",
+                StreamStore::Memory(_) => "memory",
+            },
+            trending_refresh_failures: self.trending_failures.load(Ordering::Relaxed),
+        }
+    }
+}
