@@ -82,6 +82,10 @@ pub struct EventsConfig {
     /// Users whose streaming state the in-process store keeps (without Redis).
     #[serde(default = "d_memory_users")]
     pub memory_max_users: u64,
+    /// How long a batch's streaming-feature update may take in Redis (its own breaker, apart
+    /// from the request path's).
+    #[serde(default = "d_apply_timeout")]
+    pub apply_timeout_ms: u64,
     /// How often the live trending list is recomputed from the counters.
     #[serde(default = "d_trending_refresh")]
     pub trending_refresh_ms: u64,
@@ -126,6 +130,9 @@ const fn d_queue() -> usize {
 const fn d_memory_users() -> u64 {
     200_000
 }
+const fn d_apply_timeout() -> u64 {
+    1000
+}
 const fn d_trending_refresh() -> u64 {
     250
 }
@@ -153,6 +160,7 @@ impl Default for EventsConfig {
             dedupe_capacity: d_dedupe_capacity(),
             queue: d_queue(),
             memory_max_users: d_memory_users(),
+            apply_timeout_ms: d_apply_timeout(),
             trending_refresh_ms: d_trending_refresh(),
             trending_half_life_s: d_trending_half_life(),
             trending_weight: d_trending_weight(),
@@ -182,8 +190,8 @@ impl EventsConfig {
                 "events.queue, events.dedupe_capacity and events.memory_max_users must be >= 1",
             ),
             (
-                self.trending_refresh_ms >= 10,
-                "events.trending_refresh_ms must be >= 10",
+                self.trending_refresh_ms >= 10 && self.apply_timeout_ms >= 1,
+                "events.trending_refresh_ms must be >= 10 and events.apply_timeout_ms >= 1",
             ),
             (
                 self.trending_half_life_s.is_finite() && self.trending_half_life_s > 0.0,

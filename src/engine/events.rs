@@ -121,13 +121,13 @@ impl Engine {
             return true;
         }
         if let StreamStore::Redis(_) = &self.streams {
-            if !self.redis_breaker.allow() {
+            if !self.events_breaker.allow() {
                 return false;
             }
-            let limit = Duration::from_millis(self.cfg.features.redis_timeout_ms);
+            let limit = Duration::from_millis(self.cfg.events.apply_timeout_ms);
             let got = tokio::time::timeout(limit, self.streams.apply(events, now)).await;
             let ok = matches!(got, Ok(Ok(())));
-            self.redis_breaker.record(ok);
+            self.events_breaker.record(ok);
             if !ok {
                 tracing::warn!(
                     events = events.len(),

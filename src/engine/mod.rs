@@ -83,6 +83,8 @@ pub struct Engine {
     rules: Vec<Box<dyn RerankRule>>,
     redis: Option<RedisOnline>,
     redis_breaker: Breaker,
+    /// Around ingestion's Redis writes: a slow ingest burst must not open the request path's.
+    events_breaker: Breaker,
     /// Indexed by `SourceId::index()`.
     source_breakers: Vec<Breaker>,
     /// Runs the sources.
@@ -196,6 +198,7 @@ impl Engine {
                 store.clone(),
                 bundle.stream_defs.clone(),
                 cfg.events.trending_top,
+                Duration::from_millis(cfg.events.apply_timeout_ms),
             )),
             None => StreamStore::Memory(MemoryStreams::new(
                 bundle.stream_defs.clone(),
@@ -221,6 +224,7 @@ impl Engine {
             .collect();
         Ok(Arc::new(Engine {
             redis_breaker: Breaker::new("redis", cfg.breaker),
+            events_breaker: Breaker::new("redis.events", cfg.breaker),
             source_breakers,
             rank_slots: Arc::new(tokio::sync::Semaphore::new(threads)),
             controller: LatencyController::new(cfg.ranking.controller.clone()),
@@ -281,7 +285,8 @@ impl Engine {
             },
         );
         let mut breakers = BTreeMap::new();
-        let all = std::iter::once(&self.redis_breaker)
+        let all = [&self.redis_breaker, &self.events_breaker]
+            .into_iter()
             .filter(|_| self.redis.is_some())
             .chain(&self.source_breakers)
             .chain(self.rank.breakers());

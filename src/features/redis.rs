@@ -481,15 +481,32 @@ impl RedisFeatureStore {
         pipe: &Pipeline,
         context: &str,
     ) -> Result<Vec<Value>, FeatureError> {
+        self.query_within(pipe, context, None).await
+    }
+
+    /// [`Self::query`] with its own reply timeout (a write pipeline far larger than a read).
+    pub(crate) async fn query_within(
+        &self,
+        pipe: &Pipeline,
+        context: &str,
+        reply_timeout: Option<Duration>,
+    ) -> Result<Vec<Value>, FeatureError> {
         let (generation, mut conn) = {
             let guard = self.shared.conn.read().await;
             (guard.0, guard.1.clone())
         };
+        // The timeout belongs to this handle (a clone), not to the shared connection.
+        if let Some(t) = reply_timeout {
+            conn.set_response_timeout(t);
+        }
         match pipe.query_async::<Vec<Value>>(&mut conn).await {
             Ok(v) => Ok(v),
             Err(e) if e.is_unrecoverable_error() || e.is_connection_dropped() => {
                 tracing::warn!(error = %e, "redis connection lost; reconnecting");
                 let mut conn = self.reconnect(generation).await?;
+                if let Some(t) = reply_timeout {
+                    conn.set_response_timeout(t);
+                }
                 pipe.query_async::<Vec<Value>>(&mut conn)
                     .await
                     .map_err(|e| redis_err(context, e))

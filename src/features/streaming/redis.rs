@@ -20,16 +20,24 @@ use crate::features::{FeatureError, RedisFeatureStore};
 pub struct RedisStreams {
     store: RedisFeatureStore,
     defs: StreamDefs,
+    /// Reply timeout of a batch's write pipeline.
+    write_timeout: std::time::Duration,
     /// Members read per bucket for the top list (the top list is exact when no item outside a
     /// bucket's top `per_bucket` matters, which holds for bursts).
     per_bucket: usize,
 }
 
 impl RedisStreams {
-    pub fn new(store: RedisFeatureStore, defs: StreamDefs, per_bucket: usize) -> Self {
+    pub fn new(
+        store: RedisFeatureStore,
+        defs: StreamDefs,
+        per_bucket: usize,
+        write_timeout: std::time::Duration,
+    ) -> Self {
         RedisStreams {
             store,
             defs,
+            write_timeout,
             per_bucket: per_bucket.max(1),
         }
     }
@@ -122,7 +130,10 @@ impl RedisStreams {
         if pipe.is_empty() {
             return Ok(());
         }
-        self.store.query(&pipe, "apply events").await.map(|_| ())
+        self.store
+            .query_within(&pipe, "apply events", Some(self.write_timeout))
+            .await
+            .map(|_| ())
     }
 
     pub async fn trending(
