@@ -81,7 +81,18 @@ impl Engine {
         };
         let now = unix_now_f64();
         let batch = parse_batch(body, self.cfg.events.max_batch, now as i64)?;
-        let fresh = ing.submit(batch.events.clone()).await.map_err(|e| {
+        // What the streaming features need, taken before the events move into the log writer.
+        let candidates: Vec<StreamEvent> = batch
+            .events
+            .iter()
+            .map(|e| StreamEvent {
+                user_id: e.user_id,
+                item_id: e.item_id,
+                weight: e.weight,
+                at: e.timestamp,
+            })
+            .collect();
+        let fresh = ing.submit(batch.events).await.map_err(|e| {
             let busy = matches!(e, IngestError::Busy(_));
             ApiError {
                 status: 503,
@@ -93,17 +104,11 @@ impl Engine {
                 message: format!("{e}; nothing in this batch was recorded, retry it"),
             }
         })?;
-        let stream: Vec<StreamEvent> = batch
-            .events
-            .iter()
+        let stream: Vec<StreamEvent> = candidates
+            .into_iter()
             .zip(&fresh)
             .filter(|(_, new)| **new)
-            .map(|(e, _)| StreamEvent {
-                user_id: e.user_id,
-                item_id: e.item_id,
-                weight: e.weight,
-                at: e.timestamp,
-            })
+            .map(|(e, _)| e)
             .collect();
         let accepted = stream.len();
         let features_updated = self.apply_streams(&stream, now).await;

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::log::LoggedEvent;
 use super::{type_weight, EVENT_TYPES};
-use crate::engine::api::{ApiError, Timestamp};
+use crate::engine::api::{ApiError, Timestamp, UserId};
 
 /// Largest accepted explicit `weight`.
 pub const MAX_WEIGHT: f32 = 1000.0;
@@ -20,31 +20,17 @@ struct RawBatch {
     events: Vec<serde_json::Value>,
 }
 
-/// A user or item id: a non-negative integer, or its decimal string.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum RawId {
-    Num(u64),
-    Str(String),
-}
-
-impl RawId {
-    fn parse(&self, field: &str) -> Result<u64, String> {
-        match self {
-            RawId::Num(n) => Ok(*n),
-            RawId::Str(s) => s
-                .trim()
-                .parse()
-                .map_err(|_| format!("{field}: {s:?} is not a non-negative integer id")),
-        }
-    }
+/// A user or item id as the recommend API takes it: a non-negative integer or its decimal string.
+fn id_of(id: &UserId, field: &str) -> Result<u64, String> {
+    id.as_u64()
+        .ok_or_else(|| format!("{field}: {id:?} is not a non-negative integer id"))
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEvent {
-    user_id: RawId,
-    item_id: RawId,
+    user_id: UserId,
+    item_id: UserId,
     #[serde(rename = "type")]
     event_type: String,
     #[serde(default)]
@@ -116,8 +102,8 @@ pub fn parse_batch(body: &[u8], max_events: usize, now: i64) -> Result<ParsedBat
 
 fn validate(v: serde_json::Value, now: i64) -> Result<LoggedEvent, String> {
     let raw: RawEvent = serde_json::from_value(v).map_err(|e| e.to_string())?;
-    let user_id = raw.user_id.parse("user_id")?;
-    let item_id = raw.item_id.parse("item_id")?;
+    let user_id = id_of(&raw.user_id, "user_id")?;
+    let item_id = id_of(&raw.item_id, "item_id")?;
     let event_type = raw.event_type.trim().to_ascii_lowercase();
     let Some(default_weight) = type_weight(&event_type) else {
         let known: Vec<&str> = EVENT_TYPES.iter().map(|(t, _)| *t).collect();

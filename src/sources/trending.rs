@@ -61,12 +61,19 @@ pub struct TrendingSource {
     list: TrendingList,
     /// What requests read: the build's list, or its blend with the live counters.
     current: RwLock<Arc<TrendingList>>,
+    /// The live list and weight `current` was blended from: an unchanged refresh is skipped
+    /// (the blend walks the whole build list).
+    applied: std::sync::Mutex<(Vec<ScoredItem>, f32)>,
 }
 
 impl TrendingSource {
     pub fn new(list: TrendingList) -> Self {
         let current = RwLock::new(Arc::new(list.clone()));
-        Self { list, current }
+        Self {
+            list,
+            current,
+            applied: std::sync::Mutex::new((Vec::new(), 0.0)),
+        }
     }
 
     /// The build's list.
@@ -88,6 +95,12 @@ impl TrendingSource {
     /// is linear apart from sorting the live items.
     pub fn set_live(&self, live: &[ScoredItem], weight: f32) {
         let w = weight.clamp(0.0, 1.0);
+        if let Ok(mut applied) = self.applied.lock() {
+            if applied.0 == live && applied.1 == w {
+                return;
+            }
+            *applied = (live.to_vec(), w);
+        }
         let build_max = self
             .list
             .items
@@ -99,14 +112,15 @@ impl TrendingSource {
         let blended = if live_max <= 0.0 || w == 0.0 {
             self.list.clone()
         } else {
-            let live_of: std::collections::HashMap<u32, f32> =
+            // Live items the build's list does not hold are what remains after the walk.
+            let mut live_of: std::collections::HashMap<u32, f32> =
                 live.iter().map(|s| (s.item, s.score)).collect();
             let mut hot: Vec<ScoredItem> = Vec::with_capacity(live.len());
             let mut cold: Vec<ScoredItem> = Vec::with_capacity(self.list.items.len());
             for s in &self.list.items {
                 let b = (1.0 - w) * scale(s.score.max(0.0), build_max);
-                match live_of.get(&s.item) {
-                    Some(&l) => hot.push(ScoredItem {
+                match live_of.remove(&s.item) {
+                    Some(l) => hot.push(ScoredItem {
                         item: s.item,
                         score: b + w * scale(l, live_max),
                     }),
@@ -116,16 +130,10 @@ impl TrendingSource {
                     }),
                 }
             }
-            let in_build: std::collections::HashSet<u32> =
-                self.list.items.iter().map(|s| s.item).collect();
-            hot.extend(
-                live.iter()
-                    .filter(|s| !in_build.contains(&s.item))
-                    .map(|s| ScoredItem {
-                        item: s.item,
-                        score: w * scale(s.score, live_max),
-                    }),
-            );
+            hot.extend(live_of.into_iter().map(|(item, l)| ScoredItem {
+                item,
+                score: w * scale(l, live_max),
+            }));
             hot.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.item.cmp(&b.item)));
             // Both runs are sorted: merge them.
             let mut items = Vec::with_capacity(hot.len() + cold.len());
