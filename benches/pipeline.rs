@@ -138,8 +138,16 @@ impl Fixture {
     }
 
     fn run(&self, req: RecommendRequest) -> funnel::engine::api::RecommendResponse {
+        self.run_on(&self.engine, req)
+    }
+
+    fn run_on(
+        &self,
+        engine: &Arc<Engine>,
+        req: RecommendRequest,
+    ) -> funnel::engine::api::RecommendResponse {
         self.rt
-            .block_on(self.engine.recommend(req, "bench".into()))
+            .block_on(engine.recommend(req, "bench".into()))
             .expect("recommend")
     }
 }
@@ -149,10 +157,22 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn distribution(f: &Fixture) {
+/// loadtest/full-pipeline.toml: quotas that overfill the 500-candidate cap, and all three
+/// rankers on every request.
+fn full_pipeline_config() -> EngineConfig {
+    let mut cfg = bench_config();
+    cfg.retrieval.quotas.ann = 260;
+    cfg.retrieval.quotas.cf = 200;
+    cfg.retrieval.quotas.content = 130;
+    cfg.retrieval.quotas.trending = 60;
+    cfg.ranking.selection = funnel::ranking::select::SelectionMode::All;
+    cfg
+}
+
+fn distribution(f: &Fixture, engine: &Arc<Engine>, label: &str) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     for _ in 0..300 {
-        f.run(f.mixed(&mut rng)); // warm caches and the pool
+        f.run_on(engine, f.mixed(&mut rng)); // warm caches and the pool
     }
     let n = 3000;
     let mut wall = Vec::with_capacity(n);
@@ -163,7 +183,7 @@ fn distribution(f: &Fixture) {
         let mut req = f.mixed(&mut rng);
         req.explain = true;
         let t = Instant::now();
-        let r = f.run(req);
+        let r = f.run_on(engine, req);
         wall.push(t.elapsed().as_secs_f64() * 1e3);
         let tm = &r.timings_ms;
         for (k, v) in [
@@ -188,7 +208,7 @@ fn distribution(f: &Fixture) {
         models += models_of(&r);
     }
     println!(
-        "pipeline/mixed ({n} sequential requests, {} items): p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms  degraded {degraded}",
+        "pipeline/mixed, {label} ({n} sequential requests, {} items): p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms  degraded {degraded}",
         f.items.len(),
         pct(&mut wall, 0.5),
         pct(&mut wall, 0.9),
@@ -206,12 +226,19 @@ fn distribution(f: &Fixture) {
         "rank",
         "rerank",
     ];
-    let medians: Vec<String> = names
-        .iter()
-        .zip(stages.iter_mut())
-        .map(|(n, v)| format!("{n} {:.3}", pct(v, 0.5)))
-        .collect();
-    println!("stage medians (ms): {}", medians.join("  "));
+    println!(
+        "  {:<10} {:>8} {:>8} {:>8} {:>8}   (ms per request; sources overlap in time)",
+        "stage", "p50", "p90", "p99", "max"
+    );
+    for (n, v) in names.iter().zip(stages.iter_mut()) {
+        println!(
+            "  {n:<10} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
+            pct(v, 0.5),
+            pct(v, 0.9),
+            pct(v, 0.99),
+            pct(v, 1.0)
+        );
+    }
     println!(
         "rankers per request (mean): {:.2}",
         models as f64 / n as f64
@@ -321,7 +348,10 @@ fn controller_under_load(f: &Fixture) {
 
 fn main() {
     let f = Fixture::new();
-    distribution(&f);
+    distribution(&f, &f.engine, "default config");
+    let full = engine_with(full_pipeline_config());
+    distribution(&f, &full, "full pipeline (500 candidates, 3 rankers)");
+    drop(full);
     controller_under_load(&f);
     let mut c = Criterion::default().sample_size(50).configure_from_args();
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);

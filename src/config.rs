@@ -227,6 +227,15 @@ pub struct ServerConfig {
     /// Threads of the CPU pool that runs sources and ranking off the async reactor; 0 = one per core.
     #[serde(default)]
     pub cpu_threads: usize,
+    /// Threads one ranker's matrix multiply may use; 0 leaves candle's default (every core).
+    /// One, because a request's models already run concurrently on the rank slots: splitting
+    /// each product across the cores as well only oversubscribes them (README, Performance).
+    #[serde(default = "d_matmul_threads")]
+    pub matmul_threads: usize,
+}
+
+const fn d_matmul_threads() -> usize {
+    1
 }
 
 fn d_listen() -> String {
@@ -250,6 +259,7 @@ impl Default for ServerConfig {
             max_session_items: d_max_session(),
             max_exclude_items: d_max_exclude(),
             cpu_threads: 0,
+            matmul_threads: d_matmul_threads(),
         }
     }
 }
@@ -388,6 +398,10 @@ pub struct RankingConfig {
     /// Branch-and-bound node cap per request (the best subset found so far is used past it).
     #[serde(default = "d_max_nodes")]
     pub max_search_nodes: u64,
+    /// `optimize` (branch and bound over subsets) or `all` (a fixed ensemble: every model, best
+    /// first, as many as fit the budget and `max_models`).
+    #[serde(default)]
+    pub selection: crate::ranking::select::SelectionMode,
     /// Scales the selector's budget to hold the observed p99.
     #[serde(default)]
     pub controller: ControllerConfig,
@@ -420,6 +434,7 @@ impl Default for RankingConfig {
             min_diversity: d_min_diversity(),
             reserve_ms: d_reserve(),
             max_search_nodes: d_max_nodes(),
+            selection: Default::default(),
             controller: ControllerConfig::default(),
         }
     }

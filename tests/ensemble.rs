@@ -205,6 +205,14 @@ async fn ensemble_explains_itself_and_strategies_are_selectable() {
         .await;
     assert_eq!(selected(&v), vec![one.clone()], "{v}");
     assert!(v["items"][0]["confidence"].as_f64().is_some());
+    // A fixed ensemble: every model runs (the budget is ample), whatever the estimator thinks.
+    let (st, v) = s
+        .recommend(json!({"user_id": u[1], "k": 5, "explain": true,
+                          "ranking": {"selection": "all"}}))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(selected(&v).len(), n_models.min(3), "{v}");
+    assert_eq!(v["degradation"], "full", "{v}");
     // Without explain: confidence stays, model scores and explain go.
     let (_, v) = s.recommend(json!({"user_id": u[2], "k": 5})).await;
     assert!(v["items"][0]["confidence"].is_number(), "{v}");
@@ -215,6 +223,7 @@ async fn ensemble_explains_itself_and_strategies_are_selectable() {
         json!({"user_id": 1, "ranking": {"max_models": 0}}),
         json!({"user_id": 1, "ranking": {"models": []}}),
         json!({"user_id": 1, "ranking": {"speed": 1}}),
+        json!({"user_id": 1, "ranking": {"selection": "some"}}),
         json!({"user_id": 1, "deadline_ms": 0}),
     ] {
         let (st, v) = s.recommend(bad.clone()).await;

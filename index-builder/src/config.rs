@@ -167,8 +167,9 @@ impl BuildConfig {
             (
                 self.hnsw.m >= 2
                     && self.hnsw.ef_construction >= self.hnsw.m
-                    && self.hnsw.ef_search > 0,
-                "hnsw: m >= 2, ef_construction >= m, ef_search > 0",
+                    && self.hnsw.ef_search > 0
+                    && (self.hnsw.base_degree == 0 || self.hnsw.base_degree >= 2),
+                "hnsw: m >= 2, ef_construction >= m, ef_search > 0, base_degree 0 or >= 2",
             ),
             (self.cf.neighbors > 0, "cf.neighbors must be > 0"),
             (

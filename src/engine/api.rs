@@ -142,6 +142,8 @@ pub struct RankingOverride {
     /// Only these model ids may be selected.
     pub models: Option<Vec<String>>,
     pub max_models: Option<u32>,
+    /// `optimize` | `all` (see `[ranking] selection`).
+    pub selection: Option<crate::ranking::select::SelectionMode>,
 }
 
 /// Cap on `ranking.max_models` and `ranking.models` in a request.

@@ -181,6 +181,11 @@ impl Engine {
             p(b).total_cmp(&p(a)).then(a.cmp(&b))
         });
         let cutoff = bundle.manifest.info.get("cutoff").and_then(|v| v.as_i64());
+        if cfg.server.matmul_threads > 0 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            // candle has no API for its matmul thread count: it reads this variable on every
+            // call. An explicit setting in the environment wins.
+            std::env::set_var("RAYON_NUM_THREADS", cfg.server.matmul_threads.to_string());
+        }
         let threads = match cfg.server.cpu_threads {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
@@ -779,6 +784,7 @@ impl Engine {
                 min_diversity: rc.min_diversity,
                 only: req.ranking.models.as_deref(),
                 max_nodes: rc.max_search_nodes,
+                mode: req.ranking.selection.unwrap_or(rc.selection),
             });
             let strategy = req.ranking.strategy.unwrap_or(rc.strategy);
             let limit = (Instant::now() + Duration::from_secs_f64(slice_ms / 1e3)).min(deadline);

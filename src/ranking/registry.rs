@@ -89,6 +89,7 @@ pub struct PlanRequest<'a> {
     /// Restrict to these model ids (per-request experiments).
     pub only: Option<&'a [String]>,
     pub max_nodes: u64,
+    pub mode: select::SelectionMode,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -310,7 +311,11 @@ impl Registry {
             segment: req.segment,
             ..EnsemblePlan::default()
         };
-        let Some(sel) = select::select(&problem) else {
+        let chosen = match req.mode {
+            select::SelectionMode::Optimize => select::select(&problem),
+            select::SelectionMode::All => select::select_all(&problem),
+        };
+        let Some(sel) = chosen else {
             skipped.extend(pool.iter().map(|&m| (m, SkipReason::Budget)));
             skipped.sort_by_key(|s| s.0);
             plan.skipped = skipped;
@@ -498,6 +503,7 @@ mod tests {
             min_diversity: 0.0,
             only: None,
             max_nodes: 100_000,
+            mode: select::SelectionMode::Optimize,
         }
     }
 

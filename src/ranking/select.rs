@@ -34,6 +34,51 @@ pub struct Problem<'a> {
     pub max_nodes: u64,
 }
 
+/// How a request's ensemble is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SelectionMode {
+    /// Branch and bound: the best estimated quality that fits the budget ([`select`]).
+    #[default]
+    Optimize,
+    /// A fixed ensemble: every allowed model, best quality first, as many as fit the budget and
+    /// `max_models` (for experiments and capacity tests that must run a known set).
+    All,
+}
+
+/// [`SelectionMode::All`]: models in quality order while the subset still fits the budget and
+/// `max_models` (diversity is not asked for: the set is the caller's choice).
+pub fn select_all(p: &Problem) -> Option<Selection> {
+    let mut order: Vec<usize> = (0..p.models.len()).collect();
+    order.sort_by(|&a, &b| {
+        p.models[b]
+            .quality
+            .total_cmp(&p.models[a].quality)
+            .then(a.cmp(&b))
+    });
+    let mut chosen: Vec<usize> = Vec::new();
+    for m in order {
+        if chosen.len() >= p.max_models {
+            break;
+        }
+        chosen.push(m);
+        if cost_ms(p, &chosen) > p.budget_ms {
+            chosen.pop();
+        }
+    }
+    if chosen.is_empty() {
+        return None;
+    }
+    chosen.sort_unstable();
+    Some(Selection {
+        estimate: estimate(p, &chosen),
+        cost_ms: cost_ms(p, &chosen),
+        chosen,
+        nodes: 0,
+        exhaustive: true,
+    })
+}
+
 /// The chosen subset (model indices into `Problem::models`, ascending).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Selection {
@@ -444,6 +489,47 @@ fn greedy(s: &mut Search) -> Option<(Vec<usize>, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn select_all_takes_every_model_that_fits_best_first() {
+        let models = vec![
+            ModelOption {
+                quality: 0.40,
+                cost_ms: 1.0,
+                arch: 0,
+            },
+            ModelOption {
+                quality: 0.45,
+                cost_ms: 3.0,
+                arch: 1,
+            },
+            ModelOption {
+                quality: 0.42,
+                cost_ms: 2.0,
+                arch: 2,
+            },
+        ];
+        let dissim = vec![0.5; 9];
+        let mut p = Problem {
+            models: &models,
+            dissim: &dissim,
+            lambda: 0.0,
+            budget_ms: 10.0,
+            workers: 1,
+            max_models: 3,
+            min_diversity: 0.0,
+            max_nodes: 1000,
+        };
+        assert_eq!(select_all(&p).unwrap().chosen, vec![0, 1, 2]);
+        p.max_models = 2;
+        assert_eq!(select_all(&p).unwrap().chosen, vec![1, 2]);
+        // 3 + 2 = 5 > 4.5: the third-best still fits after the second is refused.
+        p.max_models = 3;
+        p.budget_ms = 4.5;
+        assert_eq!(select_all(&p).unwrap().chosen, vec![0, 1]);
+        p.budget_ms = 0.5;
+        assert!(select_all(&p).is_none());
+    }
     use proptest::prelude::*;
 
     fn problem<'a>(models: &'a [ModelOption], dissim: &'a [f64]) -> Problem<'a> {

@@ -13,6 +13,7 @@ use std::path::Path;
 use hnsw_rs::prelude::{Distance, Hnsw};
 use serde::{Deserialize, Serialize};
 
+use super::kernels::{self, Kernel};
 use super::{dot, normalize, AnnIndex};
 use crate::bundle::{BundleError, Column, Table};
 use crate::sources::{OrdF32, ScoredItem};
@@ -34,6 +35,32 @@ pub struct HnswParams {
     /// for; popular items keep their larger norms) or cosine.
     #[serde(default)]
     pub metric: Metric,
+    /// Base-layer degree after freezing: `hnsw_rs`'s 2·m lists are re-pruned to this many
+    /// diverse neighbours (0 keeps them whole). Fewer edges, fewer distance computations per
+    /// expansion; see benches/ann.rs for the recall/speed curve.
+    #[serde(default = "d_degree")]
+    pub base_degree: usize,
+    /// Precision of the vectors the graph walk reads; results are re-scored in f32 either way.
+    /// `f16` halves the memory the walk touches (the search is memory-bound at 200K items).
+    #[serde(default)]
+    pub walk: WalkPrecision,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WalkPrecision {
+    #[default]
+    F16,
+    F32,
+}
+
+impl WalkPrecision {
+    fn name(self) -> &'static str {
+        match self {
+            WalkPrecision::F16 => "f16",
+            WalkPrecision::F32 => "f32",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -61,7 +88,10 @@ const fn d_efc() -> usize {
     200
 }
 const fn d_efs() -> usize {
-    160
+    100
+}
+const fn d_degree() -> usize {
+    24
 }
 impl Default for HnswParams {
     fn default() -> Self {
@@ -70,6 +100,8 @@ impl Default for HnswParams {
             ef_construction: d_efc(),
             ef_search: d_efs(),
             metric: Metric::default(),
+            base_degree: d_degree(),
+            walk: WalkPrecision::default(),
         }
     }
 }
@@ -113,18 +145,64 @@ impl Layer {
 pub struct FrozenHnsw {
     /// Width of the stored (possibly augmented) unit vectors.
     dim: usize,
+    /// Row stride of `vectors`: `dim` rounded up to 16 floats with zero padding, so every row
+    /// starts on a cache line and the SIMD kernels run without a scalar tail.
+    stride: usize,
     /// Width of the vectors callers query with.
     query_dim: usize,
     n: usize,
+    /// `n` rows of `stride` floats.
     vectors: Vec<f32>,
+    /// The same rows as f16 bits for the graph walk (empty when `params.walk` is f32).
+    walk16: Vec<u16>,
+    kernel: Kernel,
     entry: u32,
     /// layers[0] is the base layer.
     layers: Vec<Layer>,
     params: HnswParams,
 }
 
+/// Per-thread search scratch: visit marks (a generation counter per node, so nothing is cleared
+/// between queries) and the buffer of a node's not-yet-visited neighbours.
+struct Scratch {
+    marks: Vec<u32>,
+    generation: u32,
+    fresh: Vec<u32>,
+}
+
 thread_local! {
-    static VISITED: RefCell<(Vec<u32>, u32)> = const { RefCell::new((Vec::new(), 0)) };
+    static SCRATCH: RefCell<Scratch> = const {
+        RefCell::new(Scratch { marks: Vec::new(), generation: 0, fresh: Vec::new() })
+    };
+}
+
+/// Rounds a vector width up to whole 64-byte lines.
+fn stride_for(dim: usize) -> usize {
+    dim.div_ceil(16) * 16
+}
+
+/// The f16 copy of `vectors` the walk reads, or nothing for an f32 walk.
+fn half_rows(vectors: &[f32], walk: WalkPrecision) -> Vec<u16> {
+    match walk {
+        WalkPrecision::F16 => vectors
+            .iter()
+            .map(|&x| half::f16::from_f32(x).to_bits())
+            .collect(),
+        WalkPrecision::F32 => Vec::new(),
+    }
+}
+
+/// Copies `dim`-wide rows into `stride`-wide zero-padded rows.
+fn pad_rows(vectors: &[f32], dim: usize, stride: usize) -> Vec<f32> {
+    if dim == stride {
+        return vectors.to_vec();
+    }
+    let mut out = Vec::with_capacity(vectors.len() / dim * stride);
+    for row in vectors.chunks(dim) {
+        out.extend_from_slice(row);
+        out.resize(out.len() + stride - dim, 0.0);
+    }
+    out
 }
 
 impl FrozenHnsw {
@@ -179,21 +257,31 @@ impl FrozenHnsw {
         Ok(g)
     }
 
-    /// The unit query vector in stored space (augmented with a zero for inner product).
+    /// The unit query vector in stored space (augmented with a zero for inner product, padded
+    /// with zeros to the row stride).
     fn prepare(&self, query: &[f32]) -> Vec<f32> {
-        let mut q = Vec::with_capacity(self.dim);
+        let mut q = Vec::with_capacity(self.stride);
         q.extend_from_slice(query);
-        q.resize(self.dim, 0.0);
+        q.resize(self.stride, 0.0);
         normalize(&mut q);
         q
     }
 
-    fn freeze(
-        hnsw: &Hnsw<f32, UnitDot>,
+    /// Freezes a graph built with `hnsw_rs` over `vectors` (row-major, `dim` wide, unit length,
+    /// inserted with their row numbers as ids). Public so benchmarks can search the same graph
+    /// both ways.
+    pub fn freeze<D: Distance<f32> + Send + Sync>(
+        hnsw: &Hnsw<f32, D>,
         vectors: Vec<f32>,
         dim: usize,
         params: HnswParams,
     ) -> Result<Self, String> {
+        if dim == 0 || vectors.is_empty() || !vectors.len().is_multiple_of(dim) {
+            return Err(format!(
+                "{} values do not form rows of width {dim}",
+                vectors.len()
+            ));
+        }
         let n = vectors.len() / dim;
         let top = hnsw.get_max_level_observed() as usize;
         // (layer, node, neighbor) edges from every point's per-layer neighbour lists.
@@ -222,15 +310,24 @@ impl FrozenHnsw {
             .enumerate()
             .map(|(l, e)| Self::csr(l, e, n))
             .collect();
-        Ok(Self {
+        let stride = stride_for(dim);
+        let vectors = pad_rows(&vectors, dim, stride);
+        let mut g = Self {
             dim,
+            stride,
             query_dim: dim,
             n,
+            walk16: half_rows(&vectors, params.walk),
             vectors,
+            kernel: Kernel::detect(),
             entry,
             layers,
             params,
-        })
+        };
+        if params.base_degree > 0 {
+            g.prune_base(params.base_degree);
+        }
+        Ok(g)
     }
 
     /// Builds one layer's CSR from (node, neighbor) pairs; `u32::MAX` neighbours mark membership.
@@ -283,13 +380,130 @@ impl FrozenHnsw {
         self.params.ef_search = ef.max(1);
     }
 
+    /// Switches the walk between the f16 copy and the f32 rows.
+    pub fn set_walk(&mut self, walk: WalkPrecision) {
+        if walk != self.params.walk {
+            self.params.walk = walk;
+            self.walk16 = half_rows(&self.vectors, walk);
+        }
+    }
+
     pub fn levels(&self) -> usize {
         self.layers.len()
     }
 
+    /// The dot-product kernel searches run with.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// Switches to a slower kernel (for measuring them against each other); a kernel this CPU
+    /// lacks is refused and `false` returned.
+    pub fn set_kernel(&mut self, kernel: Kernel) -> bool {
+        let best = Kernel::detect();
+        let ok = matches!(
+            (best, kernel),
+            (_, Kernel::Portable) | (Kernel::Avx512, _) | (Kernel::Avx2Fma, Kernel::Avx2Fma)
+        );
+        if ok {
+            self.kernel = kernel;
+        }
+        ok
+    }
+
+    /// Re-prunes every base-layer neighbour list to at most `max_degree` entries with HNSW's
+    /// diversity heuristic (keep a neighbour only if it is closer to the node than to every
+    /// neighbour already kept, nearest first; fill up with the nearest skipped ones), and orders
+    /// each list nearest first. Fewer, more diverse edges mean fewer distance computations per
+    /// expansion for the same reach.
+    pub fn prune_base(&mut self, max_degree: usize) {
+        let max_degree = max_degree.max(1);
+        let base = &self.layers[0];
+        let mut offsets = Vec::with_capacity(self.n + 1);
+        let mut neighbors = Vec::with_capacity(self.n * max_degree);
+        for node in 0..self.n as u32 {
+            offsets.push(neighbors.len() as u32);
+            let v = self.vector(node);
+            let mut cand: Vec<(f32, u32)> = base
+                .neighbors_of(node)
+                .iter()
+                .map(|&nb| (self.dot_k(v, self.vector(nb)), nb))
+                .collect();
+            cand.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let mut kept: Vec<u32> = Vec::with_capacity(max_degree);
+            let mut skipped = Vec::new();
+            for &(s, nb) in &cand {
+                if kept.len() >= max_degree {
+                    break;
+                }
+                let w = self.vector(nb);
+                if kept.iter().all(|&k| self.dot_k(w, self.vector(k)) < s) {
+                    kept.push(nb);
+                } else {
+                    skipped.push(nb);
+                }
+            }
+            for nb in skipped {
+                if kept.len() >= max_degree {
+                    break;
+                }
+                kept.push(nb);
+            }
+            neighbors.extend(kept);
+        }
+        offsets.push(neighbors.len() as u32);
+        self.layers[0] = Layer {
+            members: Vec::new(),
+            offsets,
+            neighbors,
+        };
+        self.params.base_degree = max_degree;
+    }
+
+    /// Bytes held by vectors and adjacency.
+    pub fn memory_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| 4 * (l.members.len() + l.offsets.len() + l.neighbors.len()))
+            .sum();
+        4 * self.vectors.len() + 2 * self.walk16.len() + layers
+    }
+
+    /// A stored row as f16 bits, `stride` wide (empty without an f16 copy).
+    fn row16(&self, i: u32) -> &[u16] {
+        let o = i as usize * self.stride;
+        self.walk16.get(o..o + self.stride).unwrap_or(&[])
+    }
+
+    /// A stored row, `stride` wide.
     fn vector(&self, i: u32) -> &[f32] {
-        let o = i as usize * self.dim;
-        self.vectors.get(o..o + self.dim).unwrap_or(&[])
+        let o = i as usize * self.stride;
+        self.vectors.get(o..o + self.stride).unwrap_or(&[])
+    }
+
+    /// The stored rows without padding (`dim` wide), as the bundle keeps them.
+    fn unpadded(&self) -> Vec<f32> {
+        if self.stride == self.dim {
+            return self.vectors.clone();
+        }
+        let mut out = Vec::with_capacity(self.n * self.dim);
+        for row in self.vectors.chunks(self.stride) {
+            out.extend_from_slice(&row[..self.dim]);
+        }
+        out
+    }
+
+    /// One dot product with this index's kernel.
+    fn dot_k(&self, a: &[f32], b: &[f32]) -> f32 {
+        match self.kernel {
+            // SAFETY: `kernel` is only ever a kernel `Kernel::detect` found on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe { kernels::dot_avx512(a, b) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Fma => unsafe { kernels::dot_avx2(a, b) },
+            _ => dot(a, b),
+        }
     }
 
     /// Writes `graph.arrow` (edges + parameters) and `vectors.arrow` into `dir`.
@@ -328,6 +542,8 @@ impl FrozenHnsw {
             .meta("ef_construction", self.params.ef_construction)
             .meta("ef_search", self.params.ef_search)
             .meta("metric", self.params.metric.name())
+            .meta("base_degree", self.params.base_degree)
+            .meta("walk", self.params.walk.name())
             .meta("query_dim", self.query_dim)
             .write(&dir.join("graph.arrow"))?;
         Table::new()
@@ -335,7 +551,7 @@ impl FrozenHnsw {
                 "vector",
                 Column::F32Vec {
                     dim: self.dim,
-                    values: self.vectors.clone(),
+                    values: self.unpadded(),
                 },
             )
             .write(&dir.join("vectors.arrow"))
@@ -355,11 +571,20 @@ impl FrozenHnsw {
             other => return Err(bad(&gpath, format!("unknown metric {other:?}"))),
         };
         let query_dim = meta("query_dim")?;
+        // Graphs saved before these parameters existed: whole lists, f16 walk.
+        let base_degree = g.meta_usize("base_degree").unwrap_or(0);
+        let walk = match g.metadata.get("walk").map(String::as_str) {
+            None | Some("f16") => WalkPrecision::F16,
+            Some("f32") => WalkPrecision::F32,
+            Some(other) => return Err(bad(&gpath, format!("unknown walk precision {other:?}"))),
+        };
         let params = HnswParams {
             m: meta("m")?,
             ef_construction: meta("ef_construction")?,
             ef_search: meta("ef_search")?,
             metric,
+            base_degree,
+            walk,
         };
         let expected_width = match metric {
             Metric::InnerProduct => query_dim + 1,
@@ -407,11 +632,16 @@ impl FrozenHnsw {
         if levels > 1 && top.members.binary_search(&(entry as u32)).is_err() {
             return Err(bad(&gpath, "entry point is not on the top layer".into()));
         }
+        let stride = stride_for(dim);
+        let vectors = pad_rows(&vectors, dim, stride);
         Ok(Self {
             dim,
+            stride,
             query_dim,
             n,
+            walk16: half_rows(&vectors, params.walk),
             vectors,
+            kernel: Kernel::detect(),
             entry: entry as u32,
             layers,
             params,
@@ -427,7 +657,7 @@ impl FrozenHnsw {
         crate::sources::top_k(
             (0..self.n as u32).map(|i| ScoredItem {
                 item: i,
-                score: dot(&q, self.vector(i)),
+                score: self.dot_k(&q, self.vector(i)),
             }),
             k,
         )
@@ -458,8 +688,130 @@ impl AnnIndex for FrozenHnsw {
             return Vec::new();
         }
         let q = self.prepare(query);
-        let sim = |i: u32| dot(&q, self.vector(i));
-        // Greedy descent through the upper layers.
+        let half = !self.walk16.is_empty();
+        let mut out = match (self.kernel, half) {
+            // SAFETY: `kernel` is only ever a kernel `Kernel::detect` found on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx512, true) => unsafe { self.search_avx512_f16(&q, k, allow) },
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx512, false) => unsafe { self.search_avx512(&q, k, allow) },
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx2Fma, true) => unsafe { self.search_avx2_f16(&q, k, allow) },
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx2Fma, false) => unsafe { self.search_avx2(&q, k, allow) },
+            _ => self.search_with(
+                k,
+                allow,
+                |i| dot(&q, self.vector(i)),
+                |i| kernels::prefetch(self.vector(i)),
+            ),
+        };
+        if half && self.kernel != Kernel::Portable {
+            // The walk ranked by f16 scores: re-score the beam's results in f32 (loads issued
+            // together, so they overlap) and keep the best k.
+            out.iter()
+                .for_each(|s| kernels::prefetch(self.vector(s.item)));
+            for s in out.iter_mut() {
+                s.score = self.dot_k(&q, self.vector(s.item));
+            }
+        }
+        out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.item.cmp(&b.item)));
+        out.truncate(k);
+        out
+    }
+}
+
+impl FrozenHnsw {
+    /// The search loop compiled for AVX-512 (the whole loop, so the kernel inlines).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn search_avx512(
+        &self,
+        q: &[f32],
+        k: usize,
+        allow: &(dyn Fn(ItemIdx) -> bool + Sync),
+    ) -> Vec<ScoredItem> {
+        // SAFETY (closures): this function only runs where AVX-512F is present.
+        self.search_with(
+            k,
+            allow,
+            |i| unsafe { kernels::dot_avx512(q, self.vector(i)) },
+            |i| kernels::prefetch(self.vector(i)),
+        )
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn search_avx512_f16(
+        &self,
+        q: &[f32],
+        k: usize,
+        allow: &(dyn Fn(ItemIdx) -> bool + Sync),
+    ) -> Vec<ScoredItem> {
+        // SAFETY (closures): this function only runs where AVX-512F is present.
+        self.search_with(
+            k,
+            allow,
+            |i| unsafe { kernels::dot_f16_avx512(q, self.row16(i)) },
+            |i| kernels::prefetch_u16(self.row16(i)),
+        )
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn search_avx2(
+        &self,
+        q: &[f32],
+        k: usize,
+        allow: &(dyn Fn(ItemIdx) -> bool + Sync),
+    ) -> Vec<ScoredItem> {
+        // SAFETY (closures): this function only runs where AVX2 and FMA are present.
+        self.search_with(
+            k,
+            allow,
+            |i| unsafe { kernels::dot_avx2(q, self.vector(i)) },
+            |i| kernels::prefetch(self.vector(i)),
+        )
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn search_avx2_f16(
+        &self,
+        q: &[f32],
+        k: usize,
+        allow: &(dyn Fn(ItemIdx) -> bool + Sync),
+    ) -> Vec<ScoredItem> {
+        // SAFETY (closures): this function only runs where AVX2, FMA and F16C are present.
+        self.search_with(
+            k,
+            allow,
+            |i| unsafe { kernels::dot_f16_avx2(q, self.row16(i)) },
+            |i| kernels::prefetch_u16(self.row16(i)),
+        )
+    }
+
+    /// Greedy descent through the upper layers, then an `ef`-bounded best-first search on layer 0
+    /// that keeps only allowed items as results (hnswlib's filtered search). `q` is prepared
+    /// (unit, padded). Neighbours are filtered by the visit marks first and their vectors
+    /// prefetched, so the memory loads of one expansion overlap instead of queueing.
+    #[inline(always)]
+    fn search_with<S: Fn(u32) -> f32, P: Fn(u32)>(
+        &self,
+        k: usize,
+        allow: &(dyn Fn(ItemIdx) -> bool + Sync),
+        sim: S,
+        prefetch: P,
+    ) -> Vec<ScoredItem> {
         let mut cur = self.entry;
         let mut cur_sim = sim(cur);
         for layer in self.layers.iter().skip(1).rev() {
@@ -480,60 +832,74 @@ impl AnnIndex for FrozenHnsw {
         }
         let ef = self.params.ef_search.max(k);
         let base = &self.layers[0];
-        VISITED.with(|cell| {
+        SCRATCH.with(|cell| {
             let mut guard = cell.borrow_mut();
-            let (marks, gen) = &mut *guard;
+            let Scratch {
+                marks,
+                generation,
+                fresh,
+            } = &mut *guard;
             if marks.len() != self.n {
                 *marks = vec![0; self.n];
-                *gen = 0;
+                *generation = 0;
             }
-            *gen = gen.wrapping_add(1);
-            if *gen == 0 {
+            *generation = generation.wrapping_add(1);
+            if *generation == 0 {
                 marks.iter_mut().for_each(|m| *m = 0);
-                *gen = 1;
+                *generation = 1;
             }
-            let g = *gen;
-            let mut candidates: BinaryHeap<(OrdF32, u32)> = BinaryHeap::new();
-            let mut results: BinaryHeap<Reverse<(OrdF32, u32)>> = BinaryHeap::new();
+            let g = *generation;
+            let mut candidates: BinaryHeap<(OrdF32, u32)> = BinaryHeap::with_capacity(ef * 2);
+            let mut results: BinaryHeap<Reverse<(OrdF32, u32)>> = BinaryHeap::with_capacity(ef + 1);
             candidates.push((OrdF32(cur_sim), cur));
-            marks[cur as usize] = g;
+            if let Some(m) = marks.get_mut(cur as usize) {
+                *m = g;
+            }
             if allow(cur) {
                 results.push(Reverse((OrdF32(cur_sim), cur)));
             }
+            let mut worst = f32::NEG_INFINITY;
             while let Some((OrdF32(s), node)) = candidates.pop() {
-                if results.len() >= ef {
-                    if let Some(Reverse((OrdF32(worst), _))) = results.peek() {
-                        if s < *worst {
-                            break;
+                if results.len() >= ef && s < worst {
+                    break;
+                }
+                // The next expansion's adjacency list, fetched while this one is scored.
+                if let Some(&(_, next)) = candidates.peek() {
+                    kernels::prefetch_u32(base.neighbors_of(next));
+                }
+                fresh.clear();
+                for &nb in base.neighbors_of(node) {
+                    if let Some(m) = marks.get_mut(nb as usize) {
+                        if *m != g {
+                            *m = g;
+                            prefetch(nb);
+                            fresh.push(nb);
                         }
                     }
                 }
-                for &nb in base.neighbors_of(node) {
-                    let m = &mut marks[nb as usize];
-                    if *m == g {
-                        continue;
-                    }
-                    *m = g;
+                for &nb in fresh.iter() {
                     let s = sim(nb);
-                    let worst = results.peek().map(|Reverse((OrdF32(w), _))| *w);
-                    if results.len() < ef || worst.is_some_and(|w| s > w) {
+                    if results.len() < ef || s > worst {
                         candidates.push((OrdF32(s), nb));
                         if allow(nb) {
                             results.push(Reverse((OrdF32(s), nb)));
                             if results.len() > ef {
                                 results.pop();
                             }
+                            if results.len() >= ef {
+                                if let Some(Reverse((OrdF32(w), _))) = results.peek() {
+                                    worst = *w;
+                                }
+                            }
                         }
                     }
                 }
             }
-            let mut out: Vec<ScoredItem> = results
+            // Unsorted, all `ef` of them: the caller re-scores, sorts and cuts to k.
+            results
                 .into_iter()
                 .map(|Reverse((OrdF32(s), i))| ScoredItem { item: i, score: s })
-                .collect();
-            out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.item.cmp(&b.item)));
-            out.truncate(k);
-            out
+                .collect()
         })
     }
 }
@@ -558,18 +924,73 @@ mod tests {
 
     #[test]
     fn recall_against_exact_search_and_round_trip() {
+        // Defaults (pruned base layer, f16 walk), then whole lists with an f32 walk.
         for metric in [Metric::InnerProduct, Metric::Cosine] {
-            recall_case(metric);
+            recall_case(HnswParams {
+                metric,
+                ..HnswParams::default()
+            });
+        }
+        recall_case(HnswParams {
+            base_degree: 0,
+            walk: WalkPrecision::F32,
+            ..HnswParams::default()
+        });
+    }
+
+    #[test]
+    fn every_kernel_finds_the_same_neighbours() {
+        let (n, dim) = (2000, 24);
+        let data = clustered(n, dim, 5);
+        let params = HnswParams {
+            walk: WalkPrecision::F32,
+            ..HnswParams::default()
+        };
+        let mut idx = FrozenHnsw::build(data.clone(), dim, params).unwrap();
+        let all = |_: u32| true;
+        let best: Vec<Vec<u32>> = (0..20)
+            .map(|q| {
+                let query = &data[q * dim..(q + 1) * dim];
+                idx.search(query, 10, &all).iter().map(|s| s.item).collect()
+            })
+            .collect();
+        for k in [Kernel::Avx2Fma, Kernel::Portable] {
+            if idx.set_kernel(k) {
+                for (q, want) in best.iter().enumerate() {
+                    let query = &data[q * dim..(q + 1) * dim];
+                    let got: Vec<u32> =
+                        idx.search(query, 10, &all).iter().map(|s| s.item).collect();
+                    assert_eq!(&got, want, "{k:?} query {q}");
+                }
+            }
         }
     }
 
-    fn recall_case(metric: Metric) {
-        let (n, dim) = (3000, 16);
-        let data = clustered(n, dim, 7);
+    #[test]
+    fn pruning_caps_the_base_degree_and_keeps_nearest_first() {
+        let (n, dim) = (1500, 8);
+        let data = clustered(n, dim, 9);
         let params = HnswParams {
-            metric,
+            base_degree: 0,
             ..HnswParams::default()
         };
+        let mut idx = FrozenHnsw::build(data, dim, params).unwrap();
+        idx.prune_base(6);
+        assert_eq!(idx.params().base_degree, 6);
+        for node in 0..n as u32 {
+            let nb = idx.layers[0].neighbors_of(node);
+            assert!(!nb.is_empty() && nb.len() <= 6, "node {node}: {}", nb.len());
+            let v = idx.vector(node);
+            let sims: Vec<f32> = nb.iter().map(|&x| dot(v, idx.vector(x))).collect();
+            // The first kept neighbour is the nearest of the list.
+            assert!(sims.iter().all(|&s| s <= sims[0] + 1e-6));
+        }
+    }
+
+    fn recall_case(params: HnswParams) {
+        let metric = params.metric;
+        let (n, dim) = (3000, 16);
+        let data = clustered(n, dim, 7);
         let idx = FrozenHnsw::build(data.clone(), dim, params).unwrap();
         let dir = tempfile::tempdir().unwrap();
         idx.save(dir.path()).unwrap();

@@ -3,6 +3,7 @@
 //! backend (CPU or GPU, behind the `faiss` feature) are interchangeable.
 
 pub mod hnsw;
+pub mod kernels;
 
 use std::sync::Arc;
 
