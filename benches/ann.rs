@@ -299,7 +299,9 @@ fn main() {
             let (deg, walk, _) = &graphs[*gi];
             rates.sort_by(f64::total_cmp);
             let qps = rates[rates.len() / 2];
-            let label = if *deg == 0 {
+            let label = if *deg == 0 && ds.prebuilt.is_some() {
+                format!("bundle graph as built, {walk:?}")
+            } else if *deg == 0 {
                 format!("frozen M {m}, whole lists, {walk:?}")
             } else {
                 format!("frozen M {m}, degree {deg}, {walk:?}")
@@ -337,7 +339,7 @@ fn main() {
             let best = idx.kernel();
             for k in [Kernel::Avx2Fma, Kernel::Portable] {
                 if k != best && idx.set_kernel(k) {
-                    let ef = efs[efs.len() / 2];
+                    let ef = efs[efs.len() / 2]; // the middle of the ef list
                     idx.set_ef_search(ef);
                     let (r, qps) = measure(&queries, truth, |q| {
                         idx.search(q, K, &allow).iter().map(|s| s.item).collect()

@@ -372,7 +372,10 @@ async fn the_latency_controller_shrinks_the_budget_when_p99_is_over_target() {
     let s = TestServer::serve(Engine::new(b, cfg, None).expect("engine")).await;
     let u = users(&s, 1)[0];
     let mut first = None;
-    let mut last = None;
+    // The lowest factor and the fewest models seen: once no model fits, requests get fast
+    // enough (well under a millisecond) that the controller may recover a step, so the last
+    // request alone says little.
+    let (mut f_min, mut n_min) = (f64::MAX, usize::MAX);
     for _ in 0..30 {
         let (st, v) = s
             .recommend(json!({"user_id": u, "k": 10, "explain": true}))
@@ -381,14 +384,14 @@ async fn the_latency_controller_shrinks_the_budget_when_p99_is_over_target() {
         let n = selected(&v).len();
         let f = v["explain"]["ensemble"]["budget_factor"].as_f64().unwrap();
         first.get_or_insert((n, f));
-        last = Some((n, f));
+        f_min = f_min.min(f);
+        n_min = n_min.min(n);
     }
     let (n0, f0) = first.unwrap();
-    let (n1, f1) = last.unwrap();
     assert_eq!(f0, 1.0);
     assert!(n0 >= 2, "{n0}");
-    assert!(f1 < 0.1, "factor {f1}");
-    assert!(n1 < n0, "{n0} -> {n1}");
+    assert!(f_min < 0.1, "factor {f_min}");
+    assert!(n_min < n0, "{n0} -> {n_min}");
     let (_, ready) = s.get("/readyz").await;
     assert!(ready["ranking"]["controller_adjustments"].as_u64().unwrap() > 0);
     s.stop().await;

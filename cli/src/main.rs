@@ -227,6 +227,8 @@ fn serve(
         .listen
         .parse()
         .with_context(|| format!("server.listen {:?}", cfg.server.listen))?;
+    // Before any runtime thread exists (see apply_matmul_threads).
+    funnel::engine::apply_matmul_threads(cfg.server.matmul_threads);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

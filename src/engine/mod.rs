@@ -123,6 +123,17 @@ pub async fn connect_redis(
     RedisFeatureStore::connect_with(url, registry, &opts).await
 }
 
+/// Caps the threads one candle matmul uses (`[server] matmul_threads`; 0 leaves candle's
+/// default). candle has no API for it: it reads `RAYON_NUM_THREADS` on every call, so this sets
+/// the variable, once per process, and never over a value the environment already has. The CLI
+/// calls it before the runtime starts (setting the environment while other threads may read it
+/// from C is unsound); `Engine::new` calls it too, for in-process users.
+pub fn apply_matmul_threads(threads: usize) {
+    if threads > 0 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+}
+
 /// A job's result from the CPU pool: `Err` when the job panicked.
 type CpuResult<T> = oneshot::Receiver<std::thread::Result<T>>;
 
@@ -151,6 +162,8 @@ impl Engine {
         redis: Option<RedisFeatureStore>,
     ) -> Result<Arc<Self>, EngineError> {
         cfg.validate().map_err(EngineError::Config)?;
+        // Before the rankers warm up, so their cost models see serving's threading.
+        apply_matmul_threads(cfg.server.matmul_threads);
         let mut sources: [Option<Arc<dyn CandidateSource>>; 4] = [None, None, None, None];
         if let Some(g) = bundle.ann.take() {
             sources[SourceId::Ann.index()] = Some(Arc::new(AnnSource::new(g)));
@@ -181,11 +194,6 @@ impl Engine {
             p(b).total_cmp(&p(a)).then(a.cmp(&b))
         });
         let cutoff = bundle.manifest.info.get("cutoff").and_then(|v| v.as_i64());
-        if cfg.server.matmul_threads > 0 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
-            // candle has no API for its matmul thread count: it reads this variable on every
-            // call. An explicit setting in the environment wins.
-            std::env::set_var("RAYON_NUM_THREADS", cfg.server.matmul_threads.to_string());
-        }
         let threads = match cfg.server.cpu_threads {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,

@@ -181,14 +181,15 @@ fn stride_for(dim: usize) -> usize {
     dim.div_ceil(16) * 16
 }
 
-/// The f16 copy of `vectors` the walk reads, or nothing for an f32 walk.
-fn half_rows(vectors: &[f32], walk: WalkPrecision) -> Vec<u16> {
+/// The f16 copy of `vectors` the walk reads, or nothing for an f32 walk (and for the portable
+/// kernel, which walks the f32 rows).
+fn half_rows(vectors: &[f32], walk: WalkPrecision, kernel: Kernel) -> Vec<u16> {
     match walk {
-        WalkPrecision::F16 => vectors
+        WalkPrecision::F16 if kernel != Kernel::Portable => vectors
             .iter()
             .map(|&x| half::f16::from_f32(x).to_bits())
             .collect(),
-        WalkPrecision::F32 => Vec::new(),
+        _ => Vec::new(),
     }
 }
 
@@ -312,14 +313,15 @@ impl FrozenHnsw {
             .collect();
         let stride = stride_for(dim);
         let vectors = pad_rows(&vectors, dim, stride);
+        let kernel = Kernel::detect();
         let mut g = Self {
             dim,
             stride,
             query_dim: dim,
             n,
-            walk16: half_rows(&vectors, params.walk),
+            walk16: half_rows(&vectors, params.walk, kernel),
             vectors,
-            kernel: Kernel::detect(),
+            kernel,
             entry,
             layers,
             params,
@@ -384,7 +386,7 @@ impl FrozenHnsw {
     pub fn set_walk(&mut self, walk: WalkPrecision) {
         if walk != self.params.walk {
             self.params.walk = walk;
-            self.walk16 = half_rows(&self.vectors, walk);
+            self.walk16 = half_rows(&self.vectors, walk, self.kernel);
         }
     }
 
@@ -400,15 +402,14 @@ impl FrozenHnsw {
     /// Switches to a slower kernel (for measuring them against each other); a kernel this CPU
     /// lacks is refused and `false` returned.
     pub fn set_kernel(&mut self, kernel: Kernel) -> bool {
-        let best = Kernel::detect();
-        let ok = matches!(
-            (best, kernel),
-            (_, Kernel::Portable) | (Kernel::Avx512, _) | (Kernel::Avx2Fma, Kernel::Avx2Fma)
-        );
-        if ok {
-            self.kernel = kernel;
+        if !kernel.supported() {
+            return false;
         }
-        ok
+        self.kernel = kernel;
+        if kernel != Kernel::Portable && self.walk16.is_empty() {
+            self.walk16 = half_rows(&self.vectors, self.params.walk, kernel);
+        }
+        true
     }
 
     /// Re-prunes every base-layer neighbour list to at most `max_degree` entries with HNSW's
@@ -634,14 +635,15 @@ impl FrozenHnsw {
         }
         let stride = stride_for(dim);
         let vectors = pad_rows(&vectors, dim, stride);
+        let kernel = Kernel::detect();
         Ok(Self {
             dim,
             stride,
             query_dim,
             n,
-            walk16: half_rows(&vectors, params.walk),
+            walk16: half_rows(&vectors, params.walk, kernel),
             vectors,
-            kernel: Kernel::detect(),
+            kernel,
             entry: entry as u32,
             layers,
             params,

@@ -18,22 +18,36 @@ impl Kernel {
     /// measuring the kernels against each other).
     pub fn detect() -> Kernel {
         let cap = std::env::var("FUNNEL_ANN_KERNEL").unwrap_or_default();
-        #[cfg(target_arch = "x86_64")]
-        {
-            if cap != "portable" && cap != "avx2" && std::arch::is_x86_feature_detected!("avx512f")
-            {
-                return Kernel::Avx512;
-            }
-            if cap != "portable"
-                && std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c")
-            {
-                return Kernel::Avx2Fma;
+        if !matches!(cap.as_str(), "" | "portable" | "avx2") {
+            tracing::warn!(value = %cap, "FUNNEL_ANN_KERNEL must be portable or avx2; ignored");
+        }
+        for k in [Kernel::Avx512, Kernel::Avx2Fma] {
+            let capped = cap == "portable" || (cap == "avx2" && k == Kernel::Avx512);
+            if !capped && k.supported() {
+                return k;
             }
         }
-        let _ = cap;
         Kernel::Portable
+    }
+
+    /// Whether this CPU runs the kernel. The AVX-512 search also asks for AVX2, FMA and F16C:
+    /// the compiler may use them wherever AVX-512F is enabled.
+    pub fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c");
+            match self {
+                Kernel::Avx512 => avx2 && std::arch::is_x86_feature_detected!("avx512f"),
+                Kernel::Avx2Fma => avx2,
+                Kernel::Portable => true,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Kernel::Portable
+        }
     }
 
     pub fn name(self) -> &'static str {
@@ -57,6 +71,11 @@ pub fn prefetch(v: &[f32]) {
             // SAFETY: prefetch is a hint; the address is inside `v`, and it never faults anyway.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().add(i) as *const i8) };
             i += 16;
+        }
+        // A row need not start on a line: its tail may sit on one more.
+        if let Some(last) = v.last() {
+            // SAFETY: as above.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(last as *const f32 as *const i8) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -91,6 +110,10 @@ pub fn prefetch_u16(v: &[u16]) {
             // SAFETY: a hint inside `v`; prefetches never fault.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().add(i) as *const i8) };
             i += 32;
+        }
+        if let Some(last) = v.last() {
+            // SAFETY: as above.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(last as *const u16 as *const i8) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -254,13 +277,11 @@ mod tests {
             let want = super::super::dot(&a, &b);
             #[cfg(target_arch = "x86_64")]
             {
-                if std::arch::is_x86_feature_detected!("avx512f") {
+                if Kernel::Avx512.supported() {
                     let got = unsafe { dot_avx512(&a, &b) };
                     assert!((got - want).abs() < 1e-4, "avx512 n={n}: {got} vs {want}");
                 }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
+                if Kernel::Avx2Fma.supported() {
                     let got = unsafe { dot_avx2(&a, &b) };
                     assert!((got - want).abs() < 1e-4, "avx2 n={n}: {got} vs {want}");
                 }
@@ -269,16 +290,14 @@ mod tests {
                     .map(|&x| half::f16::from_f32(x).to_bits())
                     .collect();
                 let tol = 2e-3 * (n as f32).max(1.0).sqrt();
-                if std::arch::is_x86_feature_detected!("avx512f") {
+                if Kernel::Avx512.supported() {
                     let got = unsafe { dot_f16_avx512(&a, &bh) };
                     assert!(
                         (got - want).abs() < tol,
                         "f16 avx512 n={n}: {got} vs {want}"
                     );
                 }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("f16c")
-                {
+                if Kernel::Avx2Fma.supported() {
                     let got = unsafe { dot_f16_avx2(&a, &bh) };
                     assert!((got - want).abs() < tol, "f16 avx2 n={n}: {got} vs {want}");
                 }
