@@ -7,7 +7,9 @@
 //! sequential requests, and per-stage medians), then a closed-loop load with and without the
 //! latency controller, then runs criterion per request kind.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::bundle_dir;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,44 +21,6 @@ use funnel::config::{Clock, EngineConfig};
 use funnel::engine::api::{RecommendRequest, RequestContext, UserId};
 use funnel::engine::Engine;
 use funnel::features::FeatureRegistry;
-use index_builder::build::{run, BuildArgs};
-use index_builder::config::BuildConfig;
-use index_builder::synth::{self, SynthConfig};
-
-const USERS: usize = 50_000;
-const ITEMS: usize = 200_000;
-const INTERACTIONS: usize = 1_500_000;
-
-fn bundle_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("FUNNEL_BENCH_BUNDLE") {
-        return PathBuf::from(d);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-bundle-200k");
-    let bundle = root.join("bundle");
-    if bundle.join("CURRENT").exists() {
-        return bundle;
-    }
-    eprintln!(
-        "building the 200K-item bench bundle into {} …",
-        root.display()
-    );
-    let data = synth::generate(&SynthConfig::new(USERS, ITEMS, INTERACTIONS, 11));
-    let files = synth::write(&data, &root.join("data")).expect("synth");
-    drop(data);
-    run(BuildArgs {
-        interactions: files.interactions,
-        items: Some(files.items),
-        out: bundle.clone(),
-        holdout: None,
-        redis: None,
-        config: BuildConfig::default(),
-        registry: FeatureRegistry::bundled().expect("defs"),
-        quiet: true,
-        seed: 11,
-    })
-    .expect("build bench bundle");
-    bundle
-}
 
 struct Fixture {
     engine: Arc<Engine>,

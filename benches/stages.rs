@@ -24,8 +24,10 @@
 //! requests' candidates. The encoder loop is a copy of the engine's private `Engine::encode`
 //! around the shared `push_row`.
 
+mod common;
+
+use common::bundle_dir;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
@@ -51,50 +53,11 @@ use funnel::sources::content::ContentSource;
 use funnel::sources::trending::TrendingSource;
 use funnel::sources::{CandidateSource, RetrievalQuery, ScoredItem, SourceId};
 use funnel::ItemIdx;
-use index_builder::build::{run, BuildArgs};
-use index_builder::config::BuildConfig;
-use index_builder::synth::{self, SynthConfig};
-
-const USERS: usize = 50_000;
-const ITEMS: usize = 200_000;
-const INTERACTIONS: usize = 1_500_000;
 
 /// Prepared requests the benches rotate through.
 const N_QUERIES: usize = 128;
 /// Repeats per row of the printed table (median taken).
 const TABLE_REPEATS: usize = 50;
-
-/// Same bundle as `benches/pipeline.rs` (keep the two in step).
-fn bundle_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("FUNNEL_BENCH_BUNDLE") {
-        return PathBuf::from(d);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-bundle-200k");
-    let bundle = root.join("bundle");
-    if bundle.join("CURRENT").exists() {
-        return bundle;
-    }
-    eprintln!(
-        "building the 200K-item bench bundle into {} …",
-        root.display()
-    );
-    let data = synth::generate(&SynthConfig::new(USERS, ITEMS, INTERACTIONS, 11));
-    let files = synth::write(&data, &root.join("data")).expect("synth");
-    drop(data);
-    run(BuildArgs {
-        interactions: files.interactions,
-        items: Some(files.items),
-        out: bundle.clone(),
-        holdout: None,
-        redis: None,
-        config: BuildConfig::default(),
-        registry: FeatureRegistry::bundled().expect("defs"),
-        quiet: true,
-        seed: 11,
-    })
-    .expect("build bench bundle");
-    bundle
-}
 
 /// candle's matmul thread count: `Some(n)` sets `RAYON_NUM_THREADS` (read by candle on every
 /// matmul), `None` restores what the process started with.
