@@ -94,11 +94,15 @@ fn dataset() -> Dataset {
     }
 }
 
-/// The served graph of the pipeline bench's bundle (built by `cargo bench --bench pipeline`):
+/// The served graph of the pipeline bench's bundle (built by `cargo bench --bench pipeline`;
+/// `FUNNEL_BENCH_BUNDLE=DIR` for another):
 /// item embeddings searched by inner product as the server does; each query is the mean of three
 /// random items' embeddings (what a session-only visitor searches with).
 fn bundle_dataset() -> Dataset {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-bundle-200k/bundle");
+    let root = std::env::var("FUNNEL_BENCH_BUNDLE").map_or_else(
+        |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-bundle-200k/bundle"),
+        PathBuf::from,
+    );
     let registry = funnel::features::FeatureRegistry::bundled().expect("defs");
     let b = funnel::bundle::Bundle::open(&root, &registry)
         .expect("run `cargo bench --bench pipeline` first to build target/bench-bundle-200k");
