@@ -156,11 +156,7 @@ fn measure(
     truth: &[HashSet<u32>],
     mut search: impl FnMut(&[f32]) -> Vec<u32>,
 ) -> (f64, f64) {
-    let mut hits = 0usize;
-    for (q, t) in queries.iter().zip(truth) {
-        hits += search(q).iter().filter(|i| t.contains(i)).count();
-    }
-    let recall = hits as f64 / (queries.len() * K) as f64;
+    let recall = recall(queries, truth, &mut search);
     let mut rates: Vec<f64> = (0..3)
         .map(|_| {
             let t0 = Instant::now();

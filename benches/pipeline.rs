@@ -10,6 +10,7 @@
 mod common;
 
 use common::bundle_dir;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -121,15 +122,13 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// loadtest/full-pipeline.toml: quotas that overfill the 500-candidate cap, and all three
-/// rankers on every request.
+/// The load tests' full pipeline (`loadtest/full-pipeline.toml`: quotas that overfill the
+/// 500-candidate cap, all three rankers on every request), served in process.
 fn full_pipeline_config() -> EngineConfig {
-    let mut cfg = bench_config();
-    cfg.retrieval.quotas.ann = 260;
-    cfg.retrieval.quotas.cf = 200;
-    cfg.retrieval.quotas.content = 130;
-    cfg.retrieval.quotas.trending = 60;
-    cfg.ranking.selection = funnel::ranking::select::SelectionMode::All;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("loadtest/full-pipeline.toml");
+    let mut cfg = EngineConfig::load(&path).expect("loadtest/full-pipeline.toml");
+    cfg.features.clock = Clock::Bundle;
+    cfg.events.enabled = false;
     cfg
 }
 

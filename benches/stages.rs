@@ -21,8 +21,7 @@
 //! 3-item session, 10 % cold visitors with a session), query states from
 //! `engine::context::query_state`. Merge gives fewer than 500 candidates whenever the sources
 //! overlap, so the encode / rank / re-rank batches are topped up to exactly 500 (1000) with other
-//! requests' candidates. The encoder loop is a copy of the engine's private `Engine::encode`
-//! around the shared `push_row`.
+//! requests' candidates. Rows come from the engine's own encoder (`engine::encode_rows`).
 
 mod common;
 
@@ -37,13 +36,12 @@ use rand::{Rng, SeedableRng};
 use funnel::bundle::Bundle;
 use funnel::config::EngineConfig;
 use funnel::engine::context::{query_state, ItemView, QueryState};
+use funnel::engine::{encode_rows, q_prefs_unfiltered, RankUser};
 use funnel::features::online::UserFeatures;
 use funnel::features::{Entity, FeatureRegistry};
 use funnel::merge::{merge, Candidate};
 use funnel::ranking::ensemble::segment_for_history;
-use funnel::ranking::input::{
-    push_row, CandidateSignals, DeviceKind, ItemSignals, UserSignals, INPUT_DIM,
-};
+use funnel::ranking::input::{DeviceKind, INPUT_DIM};
 use funnel::ranking::registry::{score_with, PlanRequest, Registry};
 use funnel::ranking::{Arch, RankerSpec};
 use funnel::rerank::{apply_all, ItemFilter, Origin, Ranked, RerankContext, RerankRule};
@@ -67,14 +65,6 @@ fn candle_threads(n: Option<usize>, original: &Option<String>) {
         (None, Some(v)) => std::env::set_var("RAYON_NUM_THREADS", v),
         (None, None) => std::env::remove_var("RAYON_NUM_THREADS"),
     }
-}
-
-/// What the ranker's encoder needs about the user (as `Engine::recommend` builds it).
-struct RankUser {
-    embedding: Option<Vec<f32>>,
-    prefs: Vec<f32>,
-    history_len: u32,
-    has_session: bool,
 }
 
 /// One prepared request: the sources' query states (trending runs with the user-less one, as in
@@ -108,52 +98,9 @@ struct Fixture {
     workers: usize,
 }
 
-/// The user's category preferences as trained on (copy of the engine's `q_prefs_unfiltered`).
-fn prefs_unfiltered(bundle: &Bundle, f: &UserFeatures) -> Vec<f32> {
-    let mut prefs = vec![0.0f32; bundle.catalog.categories.len()];
-    for (name, &w) in &f.category_prefs {
-        if let Some(c) = bundle.catalog.category_idx(name) {
-            prefs[c as usize] = if w.is_finite() { w } else { 0.0 };
-        }
-    }
-    prefs
-}
-
-/// Ranker input rows, the engine's loop (`Engine::encode`, private) around the shared
-/// `push_row`, with no online overrides (embedded store).
-fn encode(bundle: &Bundle, user: &RankUser, cands: &[Candidate], now: i64) -> Vec<f32> {
-    let u = UserSignals {
-        embedding: user.embedding.as_deref(),
-        category_prefs: &user.prefs,
-        history_len: user.history_len,
-        device: DeviceKind::Unknown,
-        has_session: user.has_session,
-    };
-    let zero = vec![0.0f32; bundle.dim];
-    let mut rows = Vec::with_capacity(cands.len() * INPUT_DIM);
-    for c in cands {
-        let Some(item) = bundle.catalog.get(c.item) else {
-            rows.resize(rows.len() + INPUT_DIM, 0.0);
-            continue;
-        };
-        let at = c.item as usize;
-        let pop = bundle.popularity.get(at).copied().unwrap_or(0.0);
-        let i = ItemSignals {
-            embedding: bundle.item_embedding(c.item).unwrap_or(&zero),
-            categories: &item.categories,
-            log_popularity: pop.max(0.0).ln_1p(),
-            trending: bundle.trending_score.get(at).copied().unwrap_or(0.0),
-            age_days: ((now - item.published_at) as f32 / 86_400.0).max(0.0),
-            promoted: item.promoted,
-        };
-        let cs = CandidateSignals {
-            source_scores: c.source_scores,
-            source_mask: c.source_mask,
-            merged_score: c.score,
-        };
-        push_row(&mut rows, &u, &i, &cs);
-    }
-    rows
+/// Ranker input rows as the engine encodes them, with no online overrides (embedded store).
+fn encode(bundle: &Bundle, user: &RankUser, cands: &[Candidate]) -> Vec<f32> {
+    encode_rows(bundle, user, cands, &HashMap::new())
 }
 
 impl Fixture {
@@ -248,11 +195,13 @@ impl Fixture {
             let user = RankUser {
                 embedding: features.as_ref().and_then(|f| f.embedding.clone()),
                 prefs: match &features {
-                    Some(f) if !f.category_prefs.is_empty() => prefs_unfiltered(&bundle, f),
+                    Some(f) if !f.category_prefs.is_empty() => q_prefs_unfiltered(&bundle, Some(f)),
                     _ => bundle.category_prior.clone(),
                 },
                 history_len,
+                device: DeviceKind::Unknown,
                 has_session: !session.is_empty(),
+                now,
             };
             reqs.push(Req {
                 q,
@@ -336,12 +285,7 @@ impl Fixture {
     /// `n` encoded rows: the first known user's candidates, topped up to `n`.
     fn rows(&self, n: usize) -> Vec<f32> {
         let k = self.sets[0].0;
-        let rows = encode(
-            &self.bundle,
-            &self.reqs[k].user,
-            &self.candidates(k, n),
-            self.now,
-        );
+        let rows = encode(&self.bundle, &self.reqs[k].user, &self.candidates(k, n));
         assert_eq!(rows.len(), n * INPUT_DIM, "not enough candidates");
         rows
     }
@@ -619,7 +563,7 @@ fn table(fx: &Fixture, original_threads: &Option<String>) {
     );
     let (k, cands) = &fx.sets[0];
     let enc = median(TABLE_REPEATS, || {
-        black_box(encode(&fx.bundle, &fx.reqs[*k].user, cands, fx.now));
+        black_box(encode(&fx.bundle, &fx.reqs[*k].user, cands));
     });
     println!(
         "encode 500 rows: {:.1} µs  ({} floats per row)",
@@ -729,7 +673,7 @@ fn main() {
             b.iter(|| {
                 j = (j + 1) % fx.sets.len();
                 let (k, cands) = &fx.sets[j];
-                black_box(encode(&fx.bundle, &fx.reqs[*k].user, cands, fx.now))
+                black_box(encode(&fx.bundle, &fx.reqs[*k].user, cands))
             })
         });
         g.finish();
@@ -768,7 +712,7 @@ fn main() {
             .iter()
             .map(|(k, cands)| {
                 let k = *k;
-                let rows = encode(&fx.bundle, &fx.reqs[k].user, cands, fx.now);
+                let rows = encode(&fx.bundle, &fx.reqs[k].user, cands);
                 let s = score_with(&*model.ranker, &rows, cands.len()).expect("score");
                 let mut l: Vec<Ranked> = cands
                     .iter()

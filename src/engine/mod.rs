@@ -1076,49 +1076,60 @@ impl Engine {
         cands: &[Candidate],
         overrides: &HashMap<ItemIdx, ItemOverride>,
     ) -> Vec<f32> {
-        let u = UserSignals {
-            embedding: user.embedding.as_deref(),
-            category_prefs: &user.prefs,
-            history_len: user.history_len,
-            device: user.device,
-            has_session: user.has_session,
-        };
-        let zero = vec![0.0f32; self.bundle.dim];
-        let mut rows = Vec::with_capacity(cands.len() * INPUT_DIM);
-        for c in cands {
-            let Some(item) = self.bundle.catalog.get(c.item) else {
-                rows.resize(rows.len() + INPUT_DIM, 0.0);
-                continue;
-            };
-            let o = overrides.get(&c.item).copied().unwrap_or_default();
-            let at = c.item as usize;
-            let pop = o
-                .popularity
-                .unwrap_or_else(|| self.bundle.popularity.get(at).copied().unwrap_or(0.0));
-            let published = o.published_at.unwrap_or(item.published_at);
-            let i = ItemSignals {
-                embedding: self.bundle.item_embedding(c.item).unwrap_or(&zero),
-                categories: &item.categories,
-                log_popularity: pop.max(0.0).ln_1p(),
-                trending: o
-                    .trending
-                    .unwrap_or_else(|| self.bundle.trending_score.get(at).copied().unwrap_or(0.0)),
-                age_days: ((user.now - published) as f32 / 86_400.0).max(0.0),
-                promoted: o.promoted.unwrap_or(item.promoted),
-            };
-            let cs = CandidateSignals {
-                source_scores: c.source_scores,
-                source_mask: c.source_mask,
-                merged_score: c.score,
-            };
-            push_row(&mut rows, &u, &i, &cs);
-        }
-        rows
+        encode_rows(&self.bundle, user, cands, overrides)
     }
 }
 
+/// Ranker input rows for `cands` through the shared encoder (the builder trains on the same
+/// rows); `overrides` are the online item features that replace the bundle's.
+pub fn encode_rows(
+    bundle: &Bundle,
+    user: &RankUser,
+    cands: &[Candidate],
+    overrides: &HashMap<ItemIdx, ItemOverride>,
+) -> Vec<f32> {
+    let u = UserSignals {
+        embedding: user.embedding.as_deref(),
+        category_prefs: &user.prefs,
+        history_len: user.history_len,
+        device: user.device,
+        has_session: user.has_session,
+    };
+    let zero = vec![0.0f32; bundle.dim];
+    let mut rows = Vec::with_capacity(cands.len() * INPUT_DIM);
+    for c in cands {
+        let Some(item) = bundle.catalog.get(c.item) else {
+            rows.resize(rows.len() + INPUT_DIM, 0.0);
+            continue;
+        };
+        let o = overrides.get(&c.item).copied().unwrap_or_default();
+        let at = c.item as usize;
+        let pop = o
+            .popularity
+            .unwrap_or_else(|| bundle.popularity.get(at).copied().unwrap_or(0.0));
+        let published = o.published_at.unwrap_or(item.published_at);
+        let i = ItemSignals {
+            embedding: bundle.item_embedding(c.item).unwrap_or(&zero),
+            categories: &item.categories,
+            log_popularity: pop.max(0.0).ln_1p(),
+            trending: o
+                .trending
+                .unwrap_or_else(|| bundle.trending_score.get(at).copied().unwrap_or(0.0)),
+            age_days: ((user.now - published) as f32 / 86_400.0).max(0.0),
+            promoted: o.promoted.unwrap_or(item.promoted),
+        };
+        let cs = CandidateSignals {
+            source_scores: c.source_scores,
+            source_mask: c.source_mask,
+            merged_score: c.score,
+        };
+        push_row(&mut rows, &u, &i, &cs);
+    }
+    rows
+}
+
 /// The user's category preferences as trained on (no filter adjustments).
-fn q_prefs_unfiltered(bundle: &Bundle, f: Option<&UserFeatures>) -> Vec<f32> {
+pub fn q_prefs_unfiltered(bundle: &Bundle, f: Option<&UserFeatures>) -> Vec<f32> {
     let mut prefs = vec![0.0f32; bundle.catalog.categories.len()];
     if let Some(f) = f {
         for (name, &w) in &f.category_prefs {
@@ -1130,13 +1141,14 @@ fn q_prefs_unfiltered(bundle: &Bundle, f: Option<&UserFeatures>) -> Vec<f32> {
     prefs
 }
 
-struct RankUser {
-    embedding: Option<Vec<f32>>,
-    prefs: Vec<f32>,
-    history_len: u32,
-    device: DeviceKind,
-    has_session: bool,
-    now: i64,
+/// What the ranker's encoder needs about the user.
+pub struct RankUser {
+    pub embedding: Option<Vec<f32>>,
+    pub prefs: Vec<f32>,
+    pub history_len: u32,
+    pub device: DeviceKind,
+    pub has_session: bool,
+    pub now: i64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -723,84 +723,63 @@ impl AnnIndex for FrozenHnsw {
     }
 }
 
+/// One search entry point per SIMD kernel: the whole loop is compiled with the kernel's target
+/// features, so the dot product inlines into it.
+macro_rules! kernel_search {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $dot:path, $row:ident, $prefetch:path) => {
+        $(#[$doc])*
+        /// # Safety
+        #[doc = concat!("The CPU must support ", $features, ".")]
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(
+            &self,
+            q: &[f32],
+            k: usize,
+            allow: &(dyn Fn(ItemIdx) -> bool + Sync),
+        ) -> Vec<ScoredItem> {
+            // SAFETY (closure): this function only runs where the features are present.
+            self.search_with(
+                k,
+                allow,
+                |i| unsafe { $dot(q, self.$row(i)) },
+                |i| $prefetch(self.$row(i)),
+            )
+        }
+    };
+}
+
 impl FrozenHnsw {
-    /// The search loop compiled for AVX-512 (the whole loop, so the kernel inlines).
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512F.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn search_avx512(
-        &self,
-        q: &[f32],
-        k: usize,
-        allow: &(dyn Fn(ItemIdx) -> bool + Sync),
-    ) -> Vec<ScoredItem> {
-        // SAFETY (closures): this function only runs where AVX-512F is present.
-        self.search_with(
-            k,
-            allow,
-            |i| unsafe { kernels::dot_avx512(q, self.vector(i)) },
-            |i| kernels::prefetch(self.vector(i)),
-        )
-    }
-
-    /// # Safety
-    /// The CPU must support AVX-512F.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn search_avx512_f16(
-        &self,
-        q: &[f32],
-        k: usize,
-        allow: &(dyn Fn(ItemIdx) -> bool + Sync),
-    ) -> Vec<ScoredItem> {
-        // SAFETY (closures): this function only runs where AVX-512F is present.
-        self.search_with(
-            k,
-            allow,
-            |i| unsafe { kernels::dot_f16_avx512(q, self.row16(i)) },
-            |i| kernels::prefetch_u16(self.row16(i)),
-        )
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn search_avx2(
-        &self,
-        q: &[f32],
-        k: usize,
-        allow: &(dyn Fn(ItemIdx) -> bool + Sync),
-    ) -> Vec<ScoredItem> {
-        // SAFETY (closures): this function only runs where AVX2 and FMA are present.
-        self.search_with(
-            k,
-            allow,
-            |i| unsafe { kernels::dot_avx2(q, self.vector(i)) },
-            |i| kernels::prefetch(self.vector(i)),
-        )
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2, FMA and F16C.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn search_avx2_f16(
-        &self,
-        q: &[f32],
-        k: usize,
-        allow: &(dyn Fn(ItemIdx) -> bool + Sync),
-    ) -> Vec<ScoredItem> {
-        // SAFETY (closures): this function only runs where AVX2, FMA and F16C are present.
-        self.search_with(
-            k,
-            allow,
-            |i| unsafe { kernels::dot_f16_avx2(q, self.row16(i)) },
-            |i| kernels::prefetch_u16(self.row16(i)),
-        )
-    }
+    kernel_search!(
+        search_avx512,
+        "avx512f",
+        kernels::dot_avx512,
+        vector,
+        kernels::prefetch
+    );
+    kernel_search!(
+        /// The f16 walk.
+        search_avx512_f16,
+        "avx512f",
+        kernels::dot_f16_avx512,
+        row16,
+        kernels::prefetch_u16
+    );
+    kernel_search!(
+        search_avx2,
+        "avx2,fma",
+        kernels::dot_avx2,
+        vector,
+        kernels::prefetch
+    );
+    kernel_search!(
+        /// The f16 walk.
+        search_avx2_f16,
+        "avx2,fma,f16c",
+        kernels::dot_f16_avx2,
+        row16,
+        kernels::prefetch_u16
+    );
 
     /// Greedy descent through the upper layers, then an `ef`-bounded best-first search on layer 0
     /// that keeps only allowed items as results (hnswlib's filtered search). `q` is prepared

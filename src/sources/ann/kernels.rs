@@ -175,13 +175,7 @@ pub unsafe fn dot_f16_avx2(q: &[f32], x: &[u16]) -> f32 {
         acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(i + 8)), b, acc1);
         i += 16;
     }
-    let v = _mm256_add_ps(acc0, acc1);
-    let lo = _mm256_castps256_ps128(v);
-    let hi = _mm256_extractf128_ps::<1>(v);
-    let x4 = _mm_add_ps(lo, hi);
-    let x4 = _mm_add_ps(x4, _mm_movehl_ps(x4, x4));
-    let x4 = _mm_add_ss(x4, _mm_shuffle_ps::<0b01>(x4, x4));
-    let mut s = _mm_cvtss_f32(x4);
+    let mut s = hsum256(_mm256_add_ps(acc0, acc1));
     while i < n {
         s += *pq.add(i) * half::f16::from_bits(*px.add(i)).to_f32();
         i += 1;
@@ -224,6 +218,20 @@ pub unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// The sum of a 256-bit register's eight lanes.
+///
+/// # Safety
+/// The CPU must support AVX.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[inline]
+unsafe fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    _mm_cvtss_f32(_mm_add_ss(x, _mm_shuffle_ps::<0b01>(x, x)))
+}
+
 /// Dot product with AVX2 and FMA (8 lanes, two FMA chains).
 ///
 /// # Safety
@@ -251,13 +259,7 @@ pub unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
         acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
         i += 8;
     }
-    let v = _mm256_add_ps(acc0, acc1);
-    let lo = _mm256_castps256_ps128(v);
-    let hi = _mm256_extractf128_ps::<1>(v);
-    let x = _mm_add_ps(lo, hi);
-    let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-    let x = _mm_add_ss(x, _mm_shuffle_ps::<0b01>(x, x));
-    let mut s = _mm_cvtss_f32(x);
+    let mut s = hsum256(_mm256_add_ps(acc0, acc1));
     while i < n {
         s += *pa.add(i) * *pb.add(i);
         i += 1;
