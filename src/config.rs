@@ -35,6 +35,9 @@ pub struct EngineConfig {
     /// Event ingestion: the durable log and the streaming features.
     #[serde(default)]
     pub events: EventsConfig,
+    /// API keys for the public routes (none: open).
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
 
 /// When the event log forces appended events to disk.
@@ -211,56 +214,143 @@ impl EventsConfig {
     }
 }
 
+/// The HTTP surface: listen address, request limits, connection hardening. Every field's
+/// default is in `Default` (one place); a missing key takes it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    #[serde(default = "d_listen")]
     pub listen: String,
     /// Request bodies above this size are refused with 413.
-    #[serde(default = "d_max_body")]
     pub max_body_bytes: usize,
     /// Limits on list fields of a request (422 above them).
-    #[serde(default = "d_max_session")]
     pub max_session_items: usize,
-    #[serde(default = "d_max_exclude")]
     pub max_exclude_items: usize,
     /// Threads of the CPU pool that runs sources and ranking off the async reactor; 0 = one per core.
-    #[serde(default)]
     pub cpu_threads: usize,
     /// Threads one ranker's matrix multiply may use; 0 leaves candle's default (every core).
     /// One, because a request's models already run concurrently on the rank slots: splitting
     /// each product across the cores as well only oversubscribes them (README, Performance).
-    #[serde(default = "d_matmul_threads")]
     pub matmul_threads: usize,
-}
-
-const fn d_matmul_threads() -> usize {
-    1
-}
-
-fn d_listen() -> String {
-    "127.0.0.1:8080".into()
-}
-const fn d_max_body() -> usize {
-    64 * 1024
-}
-const fn d_max_session() -> usize {
-    50
-}
-const fn d_max_exclude() -> usize {
-    1000
+    /// A request head (request line and headers) must arrive whole within this, from its first
+    /// byte; past it the client gets 408 and the connection closes.
+    pub header_timeout_ms: u64,
+    /// A request body must arrive whole within this, once its head is in (408 past it).
+    pub body_timeout_ms: u64,
+    /// A kept-alive connection with no request in progress closes after this.
+    pub idle_timeout_ms: u64,
+    /// A response the client does not read closes the connection after this.
+    pub write_timeout_ms: u64,
+    /// Request line plus headers, in bytes (431 above it).
+    pub max_header_bytes: usize,
+    /// Header fields per request (431 above it).
+    pub max_headers: usize,
+    /// Open client connections at most; one more is answered 503 and closed at once.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            listen: d_listen(),
-            max_body_bytes: d_max_body(),
-            max_session_items: d_max_session(),
-            max_exclude_items: d_max_exclude(),
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 64 * 1024,
+            max_session_items: 50,
+            max_exclude_items: 1000,
             cpu_threads: 0,
-            matmul_threads: d_matmul_threads(),
+            matmul_threads: 1,
+            header_timeout_ms: 5_000,
+            body_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            write_timeout_ms: 10_000,
+            max_header_bytes: 16 * 1024,
+            max_headers: 64,
+            max_connections: 4096,
         }
+    }
+}
+
+impl ServerConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let checks: [(bool, &str); 5] = [
+            (
+                self.max_body_bytes >= 1024,
+                "server.max_body_bytes must be >= 1024",
+            ),
+            (
+                self.listen.parse::<std::net::SocketAddr>().is_ok(),
+                "server.listen must be an address like 127.0.0.1:8080",
+            ),
+            (
+                self.header_timeout_ms >= 1
+                    && self.body_timeout_ms >= 1
+                    && self.idle_timeout_ms >= 1
+                    && self.write_timeout_ms >= 1,
+                "server.header_timeout_ms, body_timeout_ms, idle_timeout_ms and write_timeout_ms must be >= 1",
+            ),
+            (
+                // hyper reads a head into a buffer of at least 8 KiB.
+                (8192..=1 << 20).contains(&self.max_header_bytes),
+                "server.max_header_bytes must be within 8192..=1048576",
+            ),
+            (
+                (1..=1000).contains(&self.max_headers) && self.max_connections >= 1,
+                "server.max_headers must be within 1..=1000 and server.max_connections >= 1",
+            ),
+        ];
+        for (ok, msg) in checks {
+            if !ok {
+                return Err(msg.to_string());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bearer keys for the public API. Keys may also come from the environment
+/// (`FUNNEL_RECOMMEND_KEYS`, `FUNNEL_EVENTS_KEYS`: comma-separated), which adds to these. A route
+/// with no key configured is open.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Keys accepted on `POST /v1/recommend`.
+    pub recommend_keys: Vec<String>,
+    /// Keys accepted on `POST /v1/events`.
+    pub events_keys: Vec<String>,
+}
+
+/// Environment variables whose comma-separated keys join `auth.recommend_keys` / `auth.events_keys`.
+pub const RECOMMEND_KEYS_ENV: &str = "FUNNEL_RECOMMEND_KEYS";
+pub const EVENTS_KEYS_ENV: &str = "FUNNEL_EVENTS_KEYS";
+
+impl AuthConfig {
+    /// Adds the keys of the environment variables above.
+    pub fn with_env(mut self) -> Self {
+        let split = |v: String| -> Vec<String> {
+            v.split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        if let Ok(v) = std::env::var(RECOMMEND_KEYS_ENV) {
+            self.recommend_keys.extend(split(v));
+        }
+        if let Ok(v) = std::env::var(EVENTS_KEYS_ENV) {
+            self.events_keys.extend(split(v));
+        }
+        self
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let all = self.recommend_keys.iter().chain(&self.events_keys);
+        for k in all {
+            // Never echo the key itself.
+            if k.len() < 16 || k.len() > 256 || !k.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(
+                    "auth: every key must be 16..=256 printable ASCII characters, no spaces".into(),
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -457,7 +547,7 @@ impl EngineConfig {
     pub fn validate(&self) -> Result<(), String> {
         let b = &self.budget;
         let r = &self.ranking;
-        let checks: [(bool, &str); 13] = [
+        let checks: [(bool, &str); 11] = [
             (
                 (1..=64).contains(&r.max_models),
                 "ranking.max_models must be within 1..=64",
@@ -480,10 +570,6 @@ impl EngineConfig {
                 "budget slices (features_ms, source_ms, rank_ms) must each be <= budget.total_ms",
             ),
             (
-                self.server.max_body_bytes >= 1024,
-                "server.max_body_bytes must be >= 1024",
-            ),
-            (
                 self.merge.max_candidates > 0,
                 "merge.max_candidates must be > 0",
             ),
@@ -500,10 +586,6 @@ impl EngineConfig {
                 "features.item_cache_capacity must be > 0",
             ),
             (
-                self.server.listen.parse::<std::net::SocketAddr>().is_ok(),
-                "server.listen must be an address like 127.0.0.1:8080",
-            ),
-            (
                 self.features.redis_timeout_ms > 0,
                 "features.redis_timeout_ms must be > 0",
             ),
@@ -513,6 +595,8 @@ impl EngineConfig {
                 return Err(msg.to_string());
             }
         }
+        self.server.validate()?;
+        self.auth.validate()?;
         self.ranking.controller.validate()?;
         self.events.validate()?;
         self.rerank.validate()

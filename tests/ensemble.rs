@@ -368,7 +368,7 @@ async fn the_latency_controller_shrinks_the_budget_when_p99_is_over_target() {
     // A p99 target no request can meet: the controller must cut the budget until no model fits.
     cfg.ranking.controller.target_p99_ms = 1.0;
     cfg.ranking.controller.window = 10;
-    cfg.ranking.controller.update_every = 2;
+    cfg.ranking.controller.update_ms = 1;
     let s = TestServer::serve(Engine::new(b, cfg, None).expect("engine")).await;
     let u = users(&s, 1)[0];
     let mut first = None;

@@ -196,7 +196,8 @@ async fn bad_events_are_rejected_alone_and_retries_count_once() {
         {"user_id": "seven", "item_id": 3, "type": "click"},
         {"user_id": 7, "item_id": 4, "type": "like", "weight": 1e9},
         {"user_id": 7, "item_id": 5, "type": "play", "timestamp": "2024-05-01T10:00:00Z", "event_id": "c"},
-        {"user_id": 7, "item_id": 6, "type": "click", "event_id": "a"}
+        {"user_id": 7, "item_id": 6, "type": "click", "event_id": "a"},
+        {"user_id": 7, "item_id": 987_654_321, "type": "click", "event_id": "d"}
     ]);
     let (st, r) = s.events(batch.clone()).await;
     assert_eq!(st, 202, "{r}");
@@ -211,10 +212,12 @@ async fn bad_events_are_rejected_alone_and_retries_count_once() {
         .iter()
         .map(|e| e["index"].as_u64().unwrap_or(99))
         .collect();
-    assert_eq!(rejected, vec![1, 2, 3], "{r}");
+    assert_eq!(rejected, vec![1, 2, 3, 6], "{r}");
     assert!(r["rejected"][0]["message"]
         .as_str()
         .is_some_and(|m| m.contains("teleport")));
+    // An item the catalog does not hold is refused by its index: it would only cost counters.
+    assert_eq!(r["rejected"][3]["code"], "unknown_item", "{r}");
     // The client retries the whole batch: nothing is counted twice.
     let (st, r) = s.events(batch).await;
     assert_eq!(st, 202);

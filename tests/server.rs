@@ -333,3 +333,47 @@ async fn redis_features_overrides_and_fallback() {
     s.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_guard_the_routes() {
+    let mut cfg = test_config();
+    cfg.auth.recommend_keys = vec!["rk-0123456789abcdef".into(), "rk-second-0123456789".into()];
+    cfg.auth.events_keys = vec!["ek-0123456789abcdef".into()];
+    let s = TestServer::start(shared_bundle(), cfg, None).await;
+    let http = reqwest::Client::new();
+    let send = |path: &'static str, key: Option<&'static str>, body: serde_json::Value| {
+        let mut r = http.post(s.url(path)).json(&body);
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        async move {
+            let r = r.send().await.expect("send");
+            let st = r.status().as_u16();
+            (st, r.json::<serde_json::Value>().await.expect("JSON body"))
+        }
+    };
+    let rec = json!({"user_id": "1", "k": 5});
+    let item = catalog_item(&s, 1).id;
+    let ev = json!({"events": [{"user_id": 1, "item_id": item, "type": "click"}]});
+    for (path, key, body, want) in [
+        ("/v1/recommend", None, &rec, 401),
+        ("/v1/recommend", Some("rk-0123456789abcdeX"), &rec, 401),
+        ("/v1/recommend", Some("ek-0123456789abcdef"), &rec, 401),
+        ("/v1/recommend", Some("rk-0123456789abcdef"), &rec, 200),
+        ("/v1/recommend", Some("rk-second-0123456789"), &rec, 200),
+        ("/v1/events", None, &ev, 401),
+        ("/v1/events", Some("rk-0123456789abcdef"), &ev, 401),
+        ("/v1/events", Some("ek-0123456789abcdef"), &ev, 202),
+    ] {
+        let (st, v) = send(path, key, body.clone()).await;
+        assert_eq!(st, want, "{path} {key:?}: {v}");
+        if want == 401 {
+            assert_eq!(v["code"], "unauthorized", "{v}");
+            assert!(v["message"].as_str().is_some_and(|m| !m.contains("abcdef")));
+        }
+    }
+    // Probes stay open.
+    assert_eq!(s.get("/healthz").await.0, 200);
+    assert_eq!(s.get("/readyz").await.0, 200);
+    s.stop().await;
+}

@@ -3,6 +3,14 @@
 //! * `demo` builds a bundle from synthetic data (or MovieLens files) and serves it.
 //! * `inspect` reports what a bundle holds.
 
+/// `println!` that ignores a closed stdout (see `say`).
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 mod inspect;
 
 use std::net::SocketAddr;
@@ -91,8 +99,15 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    funnel::cli::init();
-    funnel::cli::finish(run(Cli::parse()))
+    let cli = Cli::parse();
+    // The server must outlive clients that close early: only the printing commands take the
+    // default SIGPIPE action.
+    let sigpipe = match cli.cmd {
+        Cmd::Serve { .. } | Cmd::Demo { .. } => funnel::cli::SigPipe::Ignore,
+        Cmd::Inspect { .. } => funnel::cli::SigPipe::Default,
+    };
+    funnel::cli::init(sigpipe);
+    funnel::cli::finish(run(cli))
 }
 
 fn registry(dir: Option<&Path>) -> Result<FeatureRegistry> {
@@ -124,6 +139,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(d) = event_log {
                 cfg.events.log_dir = d.display().to_string();
             }
+            cfg.auth = cfg.auth.with_env();
+            cfg.auth.validate().map_err(anyhow::Error::msg)?;
             let registry = registry(feature_defs.as_deref())?;
             serve(&bundle, cfg, redis.as_deref(), &registry, None)?;
             Ok(ExitCode::SUCCESS)
@@ -143,7 +160,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let (inter, item_file) = match &data {
                     Some(dir) => movielens_files(dir)?,
                     None => {
-                        println!(
+                        out!(
                             "synthesizing {users} users, {items} items, {interactions} interactions…"
                         );
                         let d = synth::generate(&SynthConfig::new(users, items, interactions, 42));
@@ -151,7 +168,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         (files.interactions, Some(files.items))
                     }
                 };
-                println!("building a bundle from {} …", inter.display());
+                out!("building a bundle from {} …", inter.display());
                 let o = build(BuildArgs {
                     interactions: inter,
                     items: item_file,
@@ -164,16 +181,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     seed: 42,
                 })?;
                 if let Some(e) = &o.eval {
-                    println!("\n{}", e.table());
+                    out!("\n{}", e.table());
                 }
-                println!(
+                out!(
                     "built {} in {:.1}s at {}",
                     o.version,
                     o.total_seconds,
                     o.dir.display()
                 );
             } else {
-                println!(
+                out!(
                     "reusing the bundle in {} (--rebuild to build a new one)",
                     bundle_dir.display()
                 );
@@ -183,6 +200,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // Demo data is historical: "now" is the bundle's data cutoff, not the wall clock.
             cfg.features.clock = Clock::Bundle;
             cfg.events.log_dir = out.join("events").display().to_string();
+            cfg.auth = cfg.auth.with_env();
+            cfg.auth.validate().map_err(anyhow::Error::msg)?;
             serve(&bundle_dir, cfg, None, &registry, Some(print_demo_help))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -254,28 +273,62 @@ fn serve(
             engine,
             addr,
             move |bound| {
-                println!(
-                    "funnel serving bundle {} ({} items, features: {}) on http://{bound} — loaded in {loaded:.2}s",
+                say(&format!(
+                    "funnel serving bundle {} ({} items, features: {}, API keys: {}) on http://{bound} — loaded in {loaded:.2}s",
                     e2.bundle().manifest.version,
                     e2.bundle().catalog.len(),
                     match e2.store_kind() {
                         funnel::engine::StoreKind::Redis => "redis",
                         funnel::engine::StoreKind::Embedded => "embedded",
                     },
-                );
+                    auth_summary(&e2.config().auth),
+                ));
                 if let Some(h) = help {
                     h(&e2, bound);
                 }
             },
             async {
-                let _ = tokio::signal::ctrl_c().await;
-                println!("shutting down");
+                stop_signal().await;
+                say("shutting down");
             },
         )
         .await
         .with_context(|| format!("serving on {addr}"))?;
         Ok(())
     })
+}
+
+/// Ctrl-C or SIGTERM (what service managers send).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// A line on stdout that a closed stdout cannot turn into a panic (SIGPIPE is ignored while
+/// serving, so `println!` would panic on EPIPE).
+fn say(line: &str) {
+    out!("{line}");
+}
+
+fn auth_summary(a: &funnel::config::AuthConfig) -> String {
+    match (a.recommend_keys.is_empty(), a.events_keys.is_empty()) {
+        (true, true) => "none, the API is open".into(),
+        (r, e) => format!(
+            "recommend {}, events {}",
+            if r { "open" } else { "required" },
+            if e { "open" } else { "required" }
+        ),
+    }
 }
 
 /// Curl lines with a real user and a real category of the served bundle.
@@ -291,20 +344,20 @@ fn print_demo_help(engine: &Engine, addr: SocketAddr) {
     let category = b.catalog.categories.first().cloned().unwrap_or_default();
     let session = b.catalog.items.first().map(|i| i.id).unwrap_or(1);
     let url = format!("http://{addr}");
-    println!("\nTry:");
-    println!("  curl -s {url}/readyz");
-    println!(
+    out!("\nTry:");
+    out!("  curl -s {url}/readyz");
+    out!(
         "  curl -s {url}/v1/recommend -H 'content-type: application/json' -d '{{\"user_id\": \"{user}\", \"k\": 10}}'"
     );
-    println!(
+    out!(
         "  curl -s {url}/v1/recommend -d '{{\"user_id\": \"{user}\", \"k\": 5, \"filters\": {{\"categories_any\": [\"{category}\"]}}, \"explain\": true}}'"
     );
-    println!(
+    out!(
         "  curl -s {url}/v1/recommend -d '{{\"user_id\": \"new-visitor\", \"k\": 5, \"context\": {{\"session_items\": [{session}], \"device\": \"mobile\"}}}}'"
     );
     let item = b.catalog.items.get(1).map(|i| i.id).unwrap_or(2);
-    println!(
+    out!(
         "  curl -s {url}/v1/events -d '{{\"events\": [{{\"user_id\": \"{user}\", \"item_id\": {item}, \"type\": \"click\", \"event_id\": \"demo-1\"}}]}}'"
     );
-    println!("Ctrl-C stops the server.");
+    out!("Ctrl-C stops the server.");
 }

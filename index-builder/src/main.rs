@@ -101,8 +101,14 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    funnel::cli::init();
-    funnel::cli::finish(dispatch(Cli::parse()))
+    let cli = Cli::parse();
+    // A push to Redis writes to a socket: a dropped connection must be an error, not a signal.
+    let sigpipe = match &cli.cmd {
+        Cmd::Build { redis: Some(_), .. } => funnel::cli::SigPipe::Ignore,
+        _ => funnel::cli::SigPipe::Default,
+    };
+    funnel::cli::init(sigpipe);
+    funnel::cli::finish(dispatch(cli))
 }
 
 fn registry(dir: Option<&Path>) -> Result<FeatureRegistry> {

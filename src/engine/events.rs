@@ -24,7 +24,6 @@ const STALE_AFTER_FAILURES: u64 = 20;
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EventsState {
     pub enabled: bool,
-    pub log_dir: Option<String>,
     /// Events appended to the log by this process, retries dropped, group commits, failures.
     pub appended: u64,
     pub duplicates: u64,
@@ -80,7 +79,9 @@ impl Engine {
             });
         };
         let now = unix_now_f64();
-        let batch = parse_batch(body, self.cfg.events.max_batch, now as i64)?;
+        let catalog = &self.bundle.catalog;
+        let known = |id: u64| catalog.idx(id).is_some();
+        let batch = parse_batch(body, self.cfg.events.max_batch, now as i64, &known)?;
         // What the streaming features need, taken before the events move into the log writer.
         let candidates: Vec<StreamEvent> = batch
             .events
@@ -157,6 +158,11 @@ impl Engine {
             return Err("redis circuit open".into());
         }
         let ev = &self.cfg.events;
+        // Nothing counted and nothing expired since the last refresh: the blend stands.
+        let version = self.streams.trending_version(unix_now_f64());
+        if version.is_some() && version == Some(self.trending_version.load(Ordering::Relaxed)) {
+            return Ok(0);
+        }
         let top = tokio::time::timeout(
             Duration::from_millis(self.cfg.features.redis_timeout_ms.max(100)),
             self.streams
@@ -175,11 +181,11 @@ impl Engine {
             })
             .collect();
         let n = live.len();
-        let (src, weight) = (src.clone(), ev.trending_weight);
-        // Blending walks the whole build list: off the reactor.
-        tokio::task::spawn_blocking(move || src.set_live(&live, weight))
-            .await
-            .map_err(|e| e.to_string())?;
+        // O(live items): the blend is an overlay on the build's list.
+        src.set_live(&live, ev.trending_weight);
+        if let Some(v) = version {
+            self.trending_version.store(v, Ordering::Relaxed);
+        }
         Ok(n)
     }
 
@@ -209,10 +215,10 @@ impl Engine {
                         // A live list that cannot be refreshed goes stale: after a few seconds
                         // of failures the build's list serves alone again.
                         if n + 1 == STALE_AFTER_FAILURES {
-                            if let Some(src) = engine.trending.clone() {
-                                let _ = tokio::task::spawn_blocking(move || src.set_live(&[], 0.0))
-                                    .await;
+                            if let Some(src) = &engine.trending {
+                                src.set_live(&[], 0.0);
                             }
+                            engine.trending_version.store(u64::MAX, Ordering::Relaxed);
                         }
                     }
                 }
@@ -233,10 +239,6 @@ impl Engine {
         };
         EventsState {
             enabled: self.ingestor.is_some(),
-            log_dir: self
-                .ingestor
-                .as_ref()
-                .map(|i| i.dir().display().to_string()),
             appended,
             duplicates,
             commits,

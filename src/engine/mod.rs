@@ -105,6 +105,8 @@ pub struct Engine {
     ingestor: Option<Ingestor>,
     /// Live trending refreshes that failed in a row (for `/readyz`).
     trending_failures: std::sync::atomic::AtomicU64,
+    /// The in-process counters' version the live trending blend was made from.
+    trending_version: std::sync::atomic::AtomicU64,
 }
 
 /// Connects to Redis for the request path (reply timeout from the config).
@@ -216,6 +218,7 @@ impl Engine {
             None => StreamStore::Memory(MemoryStreams::new(
                 bundle.stream_defs.clone(),
                 cfg.events.memory_max_users,
+                cfg.events.trending_half_life_s,
             )),
         };
         let ingestor = if cfg.events.enabled {
@@ -255,6 +258,7 @@ impl Engine {
             streams,
             ingestor,
             trending_failures: std::sync::atomic::AtomicU64::new(0),
+            trending_version: std::sync::atomic::AtomicU64::new(u64::MAX),
         }))
     }
 
@@ -285,7 +289,7 @@ impl Engine {
                     .problems
                     .iter()
                     .find(|(c, _)| c == id.name())
-                    .map(|(_, e)| format!("unavailable: {e}"))
+                    .map(|(_, e)| format!("unavailable: {}", without_paths(&e.to_string())))
                     .unwrap_or_else(|| "unavailable".into()),
             };
             components.insert(format!("source.{}", id.name()), state);
@@ -318,7 +322,7 @@ impl Engine {
         for (c, e) in &self.bundle.problems {
             components
                 .entry(c.clone())
-                .or_insert_with(|| format!("unavailable: {e}"));
+                .or_insert_with(|| format!("unavailable: {}", without_paths(&e.to_string())));
         }
         let (kind, state) = match &self.redis {
             None => (
@@ -1195,6 +1199,38 @@ pub struct Readiness {
     pub events: events::EventsState,
 }
 
+/// `message` with every absolute filesystem path cut to its file name: `/readyz` is often
+/// reachable from outside, and the layout of the host is none of a client's business.
+pub fn without_paths(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find('/') {
+        // A path starts at a '/' that begins a word (not inside "a/b" or a URL's "//").
+        let starts_word = rest[..at]
+            .chars()
+            .next_back()
+            .or_else(|| out.chars().next_back())
+            .is_none_or(|c| c.is_whitespace() || "(\"'`=[".contains(c));
+        if !starts_word {
+            out.push_str(&rest[..=at]);
+            rest = &rest[at + 1..];
+            continue;
+        }
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || "\"'`),;]".contains(c))
+            .unwrap_or(tail.len());
+        // "file.ext:" as in "path: error" keeps its colon outside the name.
+        let path = tail[..end].trim_end_matches(':');
+        let name = path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("");
+        out.push_str(name);
+        rest = &tail[path.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BreakerState {
     /// closed, open or half_open.
@@ -1203,4 +1239,26 @@ pub struct BreakerState {
     pub opened: u64,
     pub skipped: u64,
     pub failures: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_paths;
+
+    #[test]
+    fn readiness_messages_lose_absolute_paths() {
+        assert_eq!(
+            without_paths("reading /tmp/x/v1/ann.hnsw: No such file (os error 2)"),
+            "reading ann.hnsw: No such file (os error 2)"
+        );
+        assert_eq!(
+            without_paths("bad \"/srv/b/cf.arrow\", see (/a/b/)"),
+            "bad \"cf.arrow\", see (b)"
+        );
+        assert_eq!(
+            without_paths("ratio 1/2 and redis://h:1/0"),
+            "ratio 1/2 and redis://h:1/0"
+        );
+        assert_eq!(without_paths("no paths here"), "no paths here");
+    }
 }

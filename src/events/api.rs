@@ -71,8 +71,15 @@ pub struct EventsResponse {
 
 /// Parses and validates a `POST /v1/events` body. Errors of the batch as a whole (malformed
 /// JSON, no `events` array, too many or none) fail the request; each event's own problems
-/// reject that event alone. `now` stands in for a missing timestamp.
-pub fn parse_batch(body: &[u8], max_events: usize, now: i64) -> Result<ParsedBatch, ApiError> {
+/// reject that event alone. `now` stands in for a missing timestamp; `known_item` says whether
+/// the served catalog holds an item (events on any other id are refused: they would only cost
+/// counters and CPU).
+pub fn parse_batch(
+    body: &[u8],
+    max_events: usize,
+    now: i64,
+    known_item: &dyn Fn(u64) -> bool,
+) -> Result<ParsedBatch, ApiError> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| ApiError::malformed(format!("body: {e}")))?;
     let raw: RawBatch = serde_json::from_value(value).map_err(|e| {
@@ -89,7 +96,15 @@ pub fn parse_batch(body: &[u8], max_events: usize, now: i64) -> Result<ParsedBat
     let mut out = ParsedBatch::default();
     for (index, v) in raw.events.into_iter().enumerate() {
         match validate(v, now) {
-            Ok(e) => out.events.push(e),
+            Ok(e) if known_item(e.item_id) => out.events.push(e),
+            Ok(e) => out.rejected.push(Rejected {
+                index,
+                code: "unknown_item".into(),
+                message: format!(
+                    "item_id: {} is not in the served catalog; events take known items only",
+                    e.item_id
+                ),
+            }),
             Err(message) => out.rejected.push(Rejected {
                 index,
                 code: "invalid_event".into(),
@@ -168,9 +183,11 @@ mod tests {
              "event_id": "e1"},
             {"user_id": 1, "item_id": 2, "type": "click", "timestamp": 4_000_000_000_i64},
             {"user_id": 1, "item_id": 2, "type": "click", "event_id": ""},
-            17
+            17,
+            {"user_id": 1, "item_id": 404, "type": "click"}
         ]});
-        let b = parse_batch(body.to_string().as_bytes(), 1000, 1_750_000_000).unwrap();
+        let known = |i: u64| i != 404;
+        let b = parse_batch(body.to_string().as_bytes(), 1000, 1_750_000_000, &known).unwrap();
         assert_eq!(b.events.len(), 2, "{:?}", b.rejected);
         assert_eq!(b.events[0].timestamp, 1_750_000_000);
         assert_eq!(b.events[0].weight, 1.0);
@@ -180,23 +197,31 @@ mod tests {
         assert_eq!(p.timestamp, 1_704_067_200);
         assert_eq!(p.event_id.as_deref(), Some("e1"));
         let idx: Vec<usize> = b.rejected.iter().map(|r| r.index).collect();
-        assert_eq!(idx, vec![1, 2, 3, 4, 6, 7, 8]);
+        assert_eq!(idx, vec![1, 2, 3, 4, 6, 7, 8, 9]);
+        assert!(b.rejected.iter().take(7).all(|r| r.code == "invalid_event"));
+        assert_eq!(b.rejected[7].code, "unknown_item");
         assert!(b.rejected[1].message.contains("known: impression"));
         assert!(b.rejected[4].message.contains("future"));
     }
 
     #[test]
     fn batch_level_errors_fail_the_request() {
-        let e = parse_batch(b"{", 10, 0).unwrap_err();
+        let any = |_: u64| true;
+        let e = parse_batch(b"{", 10, 0, &any).unwrap_err();
         assert_eq!(e.status, 400);
-        let e = parse_batch(br#"{"events": []}"#, 10, 0).unwrap_err();
+        let e = parse_batch(br#"{"events": []}"#, 10, 0, &any).unwrap_err();
         assert_eq!(e.status, 422);
-        let e = parse_batch(br#"{"evnts": []}"#, 10, 0).unwrap_err();
+        let e = parse_batch(br#"{"evnts": []}"#, 10, 0, &any).unwrap_err();
         assert_eq!(e.status, 422);
         let many: Vec<_> = (0..11)
             .map(|i| serde_json::json!({"user_id": i, "item_id": 1, "type": "click"}))
             .collect();
         let body = serde_json::json!({ "events": many }).to_string();
-        assert_eq!(parse_batch(body.as_bytes(), 10, 0).unwrap_err().status, 422);
+        assert_eq!(
+            parse_batch(body.as_bytes(), 10, 0, &any)
+                .unwrap_err()
+                .status,
+            422
+        );
     }
 }

@@ -3,76 +3,52 @@
 //! end-to-end latencies and scales the share of the remaining budget the ensemble selector may
 //! spend. When the window's p99 exceeds the target the factor drops multiplicatively; while it
 //! stays well under, the factor recovers additively (AIMD, stable under bursty load).
+//!
+//! The window and the steps are in wall time, not in requests: after a burst the slow samples
+//! age out of the window and the factor climbs back per elapsed step even when few requests
+//! arrive, so light traffic is not served a starved ensemble for minutes.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ControllerConfig {
-    #[serde(default = "d_true")]
     pub enabled: bool,
     /// The end-to-end p99 to hold, in ms.
-    #[serde(default = "d_target")]
     pub target_p99_ms: f64,
-    /// Latencies kept for the p99 (the most recent ones).
-    #[serde(default = "d_window")]
+    /// Latencies kept for the p99 at most (the most recent ones).
     pub window: usize,
-    /// The factor is re-evaluated every this many requests.
-    #[serde(default = "d_every")]
-    pub update_every: usize,
+    /// Latencies older than this leave the window.
+    pub window_ms: u64,
+    /// The factor is re-evaluated at most this often (wall time).
+    pub update_ms: u64,
     /// The factor never drops below this (the best single model still fits most budgets).
-    #[serde(default = "d_min")]
     pub min_factor: f64,
     /// Multiplier applied when p99 is over target.
-    #[serde(default = "d_decrease")]
     pub decrease: f64,
-    /// Added when p99 is under `recover_below` × target.
-    #[serde(default = "d_increase")]
+    /// Added per elapsed `update_ms` while p99 is under `recover_below` × target (or the window
+    /// is empty).
     pub increase: f64,
-    #[serde(default = "d_recover")]
     pub recover_below: f64,
-}
-
-const fn d_true() -> bool {
-    true
-}
-const fn d_target() -> f64 {
-    50.0
-}
-const fn d_window() -> usize {
-    500
-}
-const fn d_every() -> usize {
-    25
-}
-const fn d_min() -> f64 {
-    0.01
-}
-const fn d_decrease() -> f64 {
-    0.7
-}
-const fn d_increase() -> f64 {
-    0.05
-}
-const fn d_recover() -> f64 {
-    0.8
 }
 
 impl Default for ControllerConfig {
     fn default() -> Self {
         Self {
-            enabled: d_true(),
-            target_p99_ms: d_target(),
-            window: d_window(),
-            update_every: d_every(),
-            min_factor: d_min(),
-            decrease: d_decrease(),
-            increase: d_increase(),
-            recover_below: d_recover(),
+            enabled: true,
+            target_p99_ms: 50.0,
+            window: 500,
+            window_ms: 2_000,
+            update_ms: 100,
+            min_factor: 0.01,
+            decrease: 0.7,
+            increase: 0.05,
+            recover_below: 0.8,
         }
     }
 }
@@ -86,7 +62,10 @@ impl ControllerConfig {
                 "target_p99_ms must be > 0",
             ),
             (c.window >= 10, "window must be >= 10"),
-            (c.update_every >= 1, "update_every must be >= 1"),
+            (
+                c.window_ms >= 1 && c.update_ms >= 1,
+                "window_ms and update_ms must be >= 1",
+            ),
             (
                 c.min_factor > 0.0 && c.min_factor <= 1.0,
                 "min_factor must be within (0, 1]",
@@ -115,8 +94,9 @@ impl ControllerConfig {
 
 #[derive(Debug)]
 struct Window {
-    latencies: VecDeque<f64>,
-    since_update: usize,
+    /// (when, latency ms), oldest first.
+    latencies: VecDeque<(Instant, f64)>,
+    last_update: Instant,
     last_p99: f64,
 }
 
@@ -126,20 +106,35 @@ pub struct LatencyController {
     window: Mutex<Window>,
     factor: AtomicU64,
     adjustments: AtomicU64,
+    started: Instant,
+    /// `last_update` as ms since `started`, for a lock-free "is an update due" check.
+    last_update_ms: AtomicU64,
 }
 
 impl LatencyController {
     pub fn new(cfg: ControllerConfig) -> Self {
+        let now = Instant::now();
         Self {
             window: Mutex::new(Window {
                 latencies: VecDeque::with_capacity(cfg.window),
-                since_update: 0,
+                last_update: now,
                 last_p99: 0.0,
             }),
             cfg,
             factor: AtomicU64::new(1.0f64.to_bits()),
             adjustments: AtomicU64::new(0),
+            started: now,
+            last_update_ms: AtomicU64::new(0),
         }
+    }
+
+    fn current(&self) -> f64 {
+        f64::from_bits(self.factor.load(Ordering::Relaxed))
+    }
+
+    fn update_due(&self, now: Instant) -> bool {
+        let since = now.duration_since(self.started).as_millis() as u64;
+        since.saturating_sub(self.last_update_ms.load(Ordering::Relaxed)) >= self.cfg.update_ms
     }
 
     /// The share of the remaining budget the selector may spend now, in [min_factor, 1].
@@ -147,33 +142,71 @@ impl LatencyController {
         if !self.cfg.enabled {
             return 1.0;
         }
-        f64::from_bits(self.factor.load(Ordering::Relaxed))
+        self.factor_at(Instant::now())
+    }
+
+    fn factor_at(&self, now: Instant) -> f64 {
+        if self.update_due(now) {
+            let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+            self.update(&mut w, now);
+        }
+        self.current()
     }
 
     /// Records one request's end-to-end latency.
     pub fn record(&self, ms: f64) {
-        if !self.cfg.enabled || !ms.is_finite() {
-            return;
+        if self.cfg.enabled && ms.is_finite() {
+            self.record_at(Instant::now(), ms);
         }
+    }
+
+    fn record_at(&self, now: Instant, ms: f64) {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
         if w.latencies.len() == self.cfg.window {
             w.latencies.pop_front();
         }
-        w.latencies.push_back(ms);
-        w.since_update += 1;
-        if w.since_update < self.cfg.update_every {
+        w.latencies.push_back((now, ms));
+        if self.update_due(now) {
+            self.update(&mut w, now);
+        }
+    }
+
+    fn update(&self, w: &mut Window, now: Instant) {
+        let elapsed = now.saturating_duration_since(w.last_update);
+        let step = Duration::from_millis(self.cfg.update_ms);
+        if elapsed < step {
             return;
         }
-        w.since_update = 0;
-        let mut v: Vec<f64> = w.latencies.iter().copied().collect();
-        v.sort_by(f64::total_cmp);
-        let p99 = v[((v.len() - 1) as f64 * 0.99).round() as usize];
+        let oldest = now.checked_sub(Duration::from_millis(self.cfg.window_ms));
+        while w
+            .latencies
+            .front()
+            .is_some_and(|(t, _)| oldest.is_some_and(|o| *t < o))
+        {
+            w.latencies.pop_front();
+        }
+        let p99 = if w.latencies.is_empty() {
+            0.0
+        } else {
+            let mut v: Vec<f64> = w.latencies.iter().map(|(_, l)| *l).collect();
+            v.sort_by(f64::total_cmp);
+            v[((v.len() - 1) as f64 * 0.99).round() as usize]
+        };
         w.last_p99 = p99;
-        let f = self.factor();
+        w.last_update = now;
+        self.last_update_ms.store(
+            now.duration_since(self.started).as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        let f = self.current();
         let next = if p99 > self.cfg.target_p99_ms {
             (f * self.cfg.decrease).max(self.cfg.min_factor)
         } else if p99 < self.cfg.target_p99_ms * self.cfg.recover_below {
-            (f + self.cfg.increase).min(1.0)
+            // One step per elapsed update period: quiet time counts even without requests.
+            let steps = (elapsed.as_secs_f64() / step.as_secs_f64())
+                .floor()
+                .max(1.0);
+            (f + self.cfg.increase * steps).min(1.0)
         } else {
             f
         };
@@ -191,7 +224,11 @@ impl LatencyController {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .last_p99;
-        (self.factor(), p99, self.adjustments.load(Ordering::Relaxed))
+        (
+            self.current(),
+            p99,
+            self.adjustments.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -199,30 +236,34 @@ impl LatencyController {
 mod tests {
     use super::*;
 
-    #[test]
-    fn drops_when_over_target_and_recovers_when_under() {
-        let c = LatencyController::new(ControllerConfig {
+    fn ctl() -> LatencyController {
+        LatencyController::new(ControllerConfig {
             target_p99_ms: 50.0,
             window: 100,
-            update_every: 10,
+            window_ms: 2_000,
+            update_ms: 100,
             ..ControllerConfig::default()
-        });
-        assert_eq!(c.factor(), 1.0);
-        for _ in 0..100 {
-            c.record(80.0);
+        })
+    }
+
+    #[test]
+    fn drops_when_over_target_and_holds_between() {
+        let c = ctl();
+        let t0 = Instant::now();
+        assert_eq!(c.factor_at(t0), 1.0);
+        // 10 s of overload, 100 requests a second.
+        for i in 1..=1000u64 {
+            c.record_at(t0 + Duration::from_millis(10 * i), 80.0);
         }
-        let low = c.factor();
+        let low = c.current();
         assert!(low < 0.1, "{low}");
         assert!(low >= 0.01);
-        for _ in 0..300 {
-            c.record(10.0);
-        }
-        assert_eq!(c.factor(), 1.0);
         // Between recover_below × target and target: hold.
-        for _ in 0..100 {
-            c.record(45.0);
+        let c2 = ctl();
+        for i in 1..=1000u64 {
+            c2.record_at(t0 + Duration::from_millis(10 * i), 45.0);
         }
-        assert_eq!(c.factor(), 1.0);
+        assert_eq!(c2.current(), 1.0);
         let off = LatencyController::new(ControllerConfig {
             enabled: false,
             ..ControllerConfig::default()
@@ -231,5 +272,39 @@ mod tests {
             off.record(500.0);
         }
         assert_eq!(off.factor(), 1.0);
+    }
+
+    /// After a burst the factor is back to 1 within a few seconds of wall time, whether light
+    /// traffic follows or none at all: the window ages out and each quiet step counts.
+    #[test]
+    fn recovers_within_seconds_of_wall_time_after_a_burst() {
+        for light_rps in [0u64, 2, 50] {
+            let c = ctl();
+            let t0 = Instant::now();
+            for i in 1..=2000u64 {
+                c.record_at(t0 + Duration::from_millis(i), 400.0);
+            }
+            let burst_end = t0 + Duration::from_millis(2000);
+            assert_eq!(c.current(), 0.01, "the burst drove the factor to its floor");
+            let mut t = burst_end;
+            let mut back_at = None;
+            while t < burst_end + Duration::from_secs(30) {
+                t += Duration::from_millis(10);
+                let since = t.duration_since(burst_end).as_millis() as u64;
+                if light_rps > 0 && since.is_multiple_of(1000 / light_rps) {
+                    c.record_at(t, 5.0);
+                }
+                // The next request, whenever it comes, reads the factor.
+                if c.factor_at(t) == 1.0 {
+                    back_at = Some(since);
+                    break;
+                }
+            }
+            let back = back_at.unwrap_or(u64::MAX);
+            assert!(
+                back <= 5_000,
+                "{light_rps} req/s: back to 1 after {back} ms"
+            );
+        }
     }
 }

@@ -1,16 +1,20 @@
 //! The HTTP surface (axum): `POST /v1/recommend`, `POST /v1/events`, `GET /healthz`,
-//! `GET /readyz`. It owns the
-//! mapping of failures to statuses — every error is JSON `{code, message}` — and the containment
-//! of panics: a request that panics gets a 500, the server keeps serving.
+//! `GET /readyz`. It owns the mapping of failures to statuses — every error is JSON
+//! `{code, message}`, including those of the HTTP layer ([`conn`]) — the API keys ([`auth`]),
+//! request bodies (size and time limits), and the containment of panics: a request that panics
+//! gets a 500, the server keeps serving.
+
+pub mod auth;
+pub mod conn;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -18,11 +22,20 @@ use axum::{Json, Router};
 use crate::engine::api::{ApiError, RecommendRequest};
 use crate::engine::Engine;
 
+use self::auth::KeySet;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::json!({ "code": self.code, "message": self.message });
-        (status, Json(body)).into_response()
+        let mut resp = (status, Json(body)).into_response();
+        // The body of a request refused for its size or its slowness may still be on the wire:
+        // close rather than read it.
+        if matches!(self.status, 408 | 413) {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
     }
 }
 
@@ -31,33 +44,35 @@ struct AppState {
     engine: Arc<Engine>,
     next_id: Arc<AtomicU64>,
     id_prefix: Arc<str>,
+    recommend_keys: Arc<KeySet>,
+    events_keys: Arc<KeySet>,
+    body_timeout: Duration,
 }
 
 /// The application's routes over `engine`.
 pub fn router(engine: Arc<Engine>) -> Router {
-    let limit = engine.config().server.max_body_bytes;
-    let events_limit = engine.config().events.max_body_bytes;
+    let cfg = engine.config();
     let state = AppState {
+        recommend_keys: Arc::new(KeySet::new(&cfg.auth.recommend_keys)),
+        events_keys: Arc::new(KeySet::new(&cfg.auth.events_keys)),
+        body_timeout: Duration::from_millis(cfg.server.body_timeout_ms),
         engine,
         next_id: Arc::new(AtomicU64::new(1)),
         id_prefix: format!("{:08x}", rand::random::<u32>()).into(),
     };
     Router::new()
         .route("/v1/recommend", post(recommend))
-        .route(
-            "/v1/events",
-            post(events).layer(DefaultBodyLimit::max(events_limit)),
-        )
+        .route("/v1/events", post(events))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
-/// Serves `router(engine)` on `addr` until `shutdown` resolves. Returns the bound address
-/// through `on_bound` first (port 0 picks a free one).
+/// Serves `router(engine)` on `addr` until `shutdown` resolves, then lets requests in flight
+/// finish (up to 10 s). Returns the bound address through `on_bound` first (port 0 picks a
+/// free one).
 pub async fn serve(
     engine: Arc<Engine>,
     addr: SocketAddr,
@@ -66,14 +81,119 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     on_bound(listener.local_addr()?);
+    let mut limits = conn::ConnLimits::from_config(&engine.config().server);
+    // Room for the log, the bundle's files and Redis besides the connections.
+    const OTHER_FDS: u64 = 256;
+    if let Some(soft) = conn::raise_fd_limit(limits.max_connections as u64 + OTHER_FDS) {
+        let room = soft.saturating_sub(OTHER_FDS).max(1) as usize;
+        if room < limits.max_connections {
+            tracing::warn!(
+                configured = limits.max_connections,
+                open_file_limit = soft,
+                "server.max_connections lowered to what the open-file limit allows: {room}"
+            );
+            limits.max_connections = room;
+        }
+    }
+    let auth = &engine.config().auth;
+    for (route, keys) in [
+        ("/v1/recommend", &auth.recommend_keys),
+        ("/v1/events", &auth.events_keys),
+    ] {
+        if keys.is_empty() {
+            tracing::warn!("{route} is open: no API key configured (see [auth] in the config)");
+        } else {
+            tracing::info!(keys = keys.len(), "{route} requires an API key");
+        }
+    }
     let background = engine.spawn_background();
-    let served = axum::serve(listener, router(engine))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let accept = conn::accept_loop(
+        listener,
+        router(engine),
+        limits,
+        stopped,
+        Duration::from_secs(10),
+    );
+    tokio::pin!(accept);
+    tokio::select! {
+        _ = &mut accept => {}
+        _ = shutdown => {
+            let _ = stop.send(true);
+            accept.await;
+        }
+    }
     if let Some(b) = background {
         b.abort();
     }
-    served
+    Ok(())
+}
+
+/// Most of an oversized body read and dropped before the 413, so that a client still sending
+/// it gets the answer instead of a reset (closing a socket with unread data resets it).
+const DRAIN_MAX_BYTES: usize = 1 << 20;
+const DRAIN_MAX_TIME: Duration = Duration::from_millis(500);
+
+/// A request's body, whole: refused with 413 past `limit` and with 408 when it does not arrive
+/// within `timeout`.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let mut body = body;
+    // A declared size over the limit is refused without reading it all.
+    let mut over = declared.is_some_and(|n| n > limit as u64);
+    let read = async {
+        let mut out: Vec<u8> = Vec::new();
+        while !over {
+            let Some(frame) = body.frame().await else {
+                return Ok(Bytes::from(out));
+            };
+            let frame = frame.map_err(|e| ApiError::malformed(format!("body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if out.len() + data.len() > limit {
+                    over = true;
+                } else {
+                    out.extend_from_slice(&data);
+                }
+            }
+        }
+        Err(ApiError::too_large(limit))
+    };
+    let result = tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError {
+                status: 408,
+                code: "request_timeout",
+                message: format!(
+                    "the request body did not arrive within {} ms",
+                    timeout.as_millis()
+                ),
+            })
+        });
+    if matches!(&result, Err(e) if e.status == 413)
+        && declared.is_none_or(|n| n <= DRAIN_MAX_BYTES as u64)
+    {
+        let drain = async {
+            let mut seen = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, |d| d.len());
+                if seen > DRAIN_MAX_BYTES {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_MAX_TIME.min(timeout), drain).await;
+    }
+    result
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -102,21 +222,14 @@ async fn method_not_allowed() -> ApiError {
     }
 }
 
-/// The body, or the JSON error for a body that is too large (413) or unreadable (400).
-fn body_or_error(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
-    match body {
-        Ok(b) => Ok(b),
-        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::too_large(limit)),
-        Err(r) => Err(ApiError::malformed(r.body_text())),
+async fn recommend(State(s): State<AppState>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
+    if let Err(e) = s.recommend_keys.check(&headers) {
+        return e.into_response();
     }
-}
-
-async fn recommend(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body_or_error(body, s.engine.config().server.max_body_bytes) {
+    let limit = s.engine.config().server.max_body_bytes;
+    let body = match read_body(&headers, body, limit, s.body_timeout).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
@@ -154,8 +267,13 @@ async fn recommend(
     resp
 }
 
-async fn events(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body_or_error(body, s.engine.config().events.max_body_bytes) {
+async fn events(State(s): State<AppState>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    if let Err(e) = s.events_keys.check(&parts.headers) {
+        return e.into_response();
+    }
+    let limit = s.engine.config().events.max_body_bytes;
+    let body = match read_body(&parts.headers, body, limit, s.body_timeout).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };

@@ -2,6 +2,7 @@
 //! computed by the nightly build at its cutoff, moved by the live streaming counters that event
 //! ingestion keeps ([`TrendingSource::set_live`]).
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -59,19 +60,39 @@ impl TrendingList {
 pub struct TrendingSource {
     /// The build's list.
     list: TrendingList,
-    /// What requests read: the build's list, or its blend with the live counters.
-    current: RwLock<Arc<TrendingList>>,
-    /// The live list and weight `current` was blended from: an unchanged refresh is skipped
-    /// (the blend walks the whole build list).
+    /// The build's score of each listed item, for blending a live item's two scores.
+    build_score: HashMap<u32, f32>,
+    build_max: f32,
+    /// What requests read: the build's list under the live overlay.
+    live: RwLock<Arc<LiveOverlay>>,
+    /// The live list and weight the overlay was made from: an unchanged refresh is skipped.
     applied: std::sync::Mutex<(Vec<ScoredItem>, f32)>,
+}
+
+/// The live counters' items with their blended scores, over the build's list scaled by
+/// `build_scale`. An item of `hot` is skipped where the build's list has it; every other item
+/// keeps the build's order, so a request merges two sorted runs and a refresh costs only the
+/// live items, never a walk of the build's list.
+#[derive(Debug, Default)]
+struct LiveOverlay {
+    build_scale: f32,
+    /// Best first.
+    hot: Vec<ScoredItem>,
+    in_hot: HashSet<u32>,
 }
 
 impl TrendingSource {
     pub fn new(list: TrendingList) -> Self {
-        let current = RwLock::new(Arc::new(list.clone()));
+        let build_max = list.items.iter().map(|s| s.score).fold(0.0f32, f32::max);
+        let build_score = list.items.iter().map(|s| (s.item, s.score)).collect();
         Self {
             list,
-            current,
+            build_score,
+            build_max,
+            live: RwLock::new(Arc::new(LiveOverlay {
+                build_scale: 1.0,
+                ..LiveOverlay::default()
+            })),
             applied: std::sync::Mutex::new((Vec::new(), 0.0)),
         }
     }
@@ -81,18 +102,55 @@ impl TrendingSource {
         &self.list
     }
 
-    /// The list requests read now.
-    pub fn current(&self) -> Arc<TrendingList> {
-        match self.current.read() {
+    fn overlay(&self) -> Arc<LiveOverlay> {
+        match self.live.read() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
         }
     }
 
+    /// Walks the list requests read now, best first, until `f` returns false.
+    fn walk(&self, mut f: impl FnMut(ScoredItem) -> bool) {
+        let o = self.overlay();
+        let mut cold = self
+            .list
+            .items
+            .iter()
+            .filter(|s| !o.in_hot.contains(&s.item))
+            .map(|s| ScoredItem {
+                item: s.item,
+                score: s.score * o.build_scale,
+            })
+            .peekable();
+        let mut hot = o.hot.iter().copied().peekable();
+        loop {
+            let next = match (hot.peek(), cold.peek()) {
+                (Some(a), Some(b)) if a.score >= b.score => hot.next(),
+                (Some(_), None) => hot.next(),
+                (_, Some(_)) => cold.next(),
+                (None, None) => None,
+            };
+            match next {
+                Some(s) if f(s) => {}
+                _ => return,
+            }
+        }
+    }
+
+    /// The whole list requests read now (for inspection; requests walk it lazily).
+    pub fn current(&self) -> TrendingList {
+        let mut items = Vec::with_capacity(self.list.items.len());
+        self.walk(|s| {
+            items.push(s);
+            true
+        });
+        TrendingList { items }
+    }
+
     /// Blends live counter scores (`live`: item → score ≥ 0, any order) into the build's list:
     /// each side is scaled by its maximum, then `weight`·live + (1 − weight)·build. Items without
-    /// live events keep the build's order (their blended score is a scaled copy), so the merge
-    /// is linear apart from sorting the live items.
+    /// live events keep the build's order (their blended score is a scaled copy), so only the
+    /// live items are scored and sorted: O(live · log live).
     pub fn set_live(&self, live: &[ScoredItem], weight: f32) {
         let w = weight.clamp(0.0, 1.0);
         if let Ok(mut applied) = self.applied.lock() {
@@ -101,58 +159,37 @@ impl TrendingSource {
             }
             *applied = (live.to_vec(), w);
         }
-        let build_max = self
-            .list
-            .items
-            .iter()
-            .map(|s| s.score)
-            .fold(0.0f32, f32::max);
         let live_max = live.iter().map(|s| s.score).fold(0.0f32, f32::max);
         let scale = |x: f32, max: f32| if max > 0.0 { x / max } else { 0.0 };
-        let blended = if live_max <= 0.0 || w == 0.0 {
-            self.list.clone()
+        let overlay = if live_max <= 0.0 || w == 0.0 {
+            LiveOverlay {
+                build_scale: 1.0,
+                ..LiveOverlay::default()
+            }
         } else {
-            // Live items the build's list does not hold are what remains after the walk.
-            let mut live_of: std::collections::HashMap<u32, f32> =
-                live.iter().map(|s| (s.item, s.score)).collect();
+            let build_scale = scale(1.0 - w, self.build_max);
             let mut hot: Vec<ScoredItem> = Vec::with_capacity(live.len());
-            let mut cold: Vec<ScoredItem> = Vec::with_capacity(self.list.items.len());
-            for s in &self.list.items {
-                let b = (1.0 - w) * scale(s.score.max(0.0), build_max);
-                match live_of.remove(&s.item) {
-                    Some(l) => hot.push(ScoredItem {
-                        item: s.item,
-                        score: b + w * scale(l, live_max),
-                    }),
-                    None => cold.push(ScoredItem {
-                        item: s.item,
-                        score: b,
-                    }),
+            let mut in_hot = HashSet::with_capacity(live.len());
+            for s in live.iter().filter(|s| s.score.is_finite()) {
+                if !in_hot.insert(s.item) {
+                    continue;
                 }
+                let b = self.build_score.get(&s.item).map_or(0.0, |b| b.max(0.0));
+                hot.push(ScoredItem {
+                    item: s.item,
+                    score: b * build_scale + w * scale(s.score.max(0.0), live_max),
+                });
             }
-            hot.extend(live_of.into_iter().map(|(item, l)| ScoredItem {
-                item,
-                score: w * scale(l, live_max),
-            }));
             hot.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.item.cmp(&b.item)));
-            // Both runs are sorted: merge them.
-            let mut items = Vec::with_capacity(hot.len() + cold.len());
-            let (mut h, mut c) = (hot.into_iter().peekable(), cold.into_iter().peekable());
-            loop {
-                let take_hot = match (h.peek(), c.peek()) {
-                    (Some(a), Some(b)) => a.score >= b.score,
-                    (Some(_), None) => true,
-                    (None, Some(_)) => false,
-                    (None, None) => break,
-                };
-                let next = if take_hot { h.next() } else { c.next() };
-                items.extend(next);
+            LiveOverlay {
+                build_scale,
+                hot,
+                in_hot,
             }
-            TrendingList { items }
         };
-        match self.current.write() {
-            Ok(mut g) => *g = Arc::new(blended),
-            Err(p) => *p.into_inner() = Arc::new(blended),
+        match self.live.write() {
+            Ok(mut g) => *g = Arc::new(overlay),
+            Err(p) => *p.into_inner() = Arc::new(overlay),
         }
     }
 }
@@ -167,14 +204,16 @@ impl CandidateSource for TrendingSource {
         q: &RetrievalQuery<'_>,
         quota: usize,
     ) -> Result<Vec<ScoredItem>, SourceError> {
-        Ok(self
-            .current()
-            .items
-            .iter()
-            .filter(|s| (q.allow)(s.item))
-            .take(quota)
-            .copied()
-            .collect())
+        let mut out = Vec::with_capacity(quota);
+        if quota > 0 {
+            self.walk(|s| {
+                if (q.allow)(s.item) {
+                    out.push(s);
+                }
+                out.len() < quota
+            });
+        }
+        Ok(out)
     }
 }
 

@@ -1,12 +1,17 @@
 //! In-process streaming features (the server without Redis): per-user recent and seen state in
-//! a bounded moka cache (users idle past the longest ttl are dropped), counters in time buckets
-//! behind one mutex. The same semantics as [`super::redis`], one process's view.
+//! a bounded moka cache (users idle past the longest ttl are dropped), item counters in time
+//! buckets behind one mutex. The same semantics as [`super::redis`], one process's view.
+//!
+//! The counters keep each item's decayed score up to date as events arrive (forward decay: a
+//! bucket's weight is fixed relative to a base bucket, so time passing rescales every score
+//! alike and never reorders them) and an ordered index of the scores, so reading the top is
+//! O(top) and an event costs O(log items): nothing walks every counted item.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{bucket_decay, top_of, StreamDefs, StreamEvent, StreamUser};
+use super::{CounterDef, StreamDefs, StreamEvent, StreamUser};
 
 #[derive(Debug, Default)]
 struct UserState {
@@ -19,13 +24,13 @@ struct UserState {
 pub struct MemoryStreams {
     defs: StreamDefs,
     users: moka::sync::Cache<u64, Arc<Mutex<UserState>>>,
-    /// Bucket → item → summed weight.
-    buckets: Mutex<BTreeMap<u64, HashMap<u64, f64>>>,
+    counters: Mutex<Counters>,
 }
 
 impl MemoryStreams {
-    /// `max_users`: how many users' state is kept at most (least recently used dropped first).
-    pub fn new(defs: StreamDefs, max_users: u64) -> Self {
+    /// `max_users`: how many users' state is kept at most (least recently used dropped first);
+    /// `half_life_secs`: of a counter bucket's weight in the trending score.
+    pub fn new(defs: StreamDefs, max_users: u64, half_life_secs: f64) -> Self {
         let idle = [&defs.recent, &defs.seen]
             .into_iter()
             .flatten()
@@ -37,7 +42,7 @@ impl MemoryStreams {
                 .max_capacity(max_users.max(1))
                 .time_to_idle(Duration::from_secs(idle))
                 .build(),
-            buckets: Mutex::new(BTreeMap::new()),
+            counters: Mutex::new(Counters::new(defs.trending.as_ref(), half_life_secs)),
             defs,
         }
     }
@@ -80,20 +85,14 @@ impl MemoryStreams {
             }
         }
         if let Some(c) = &self.defs.trending {
-            let b = c.bucket_of(now);
-            let Ok(mut buckets) = self.buckets.lock() else {
-                return;
-            };
-            let counts = buckets.entry(b).or_default();
-            for e in events
-                .iter()
-                .filter(|e| e.weight > 0.0 && e.within(now, c.window_secs))
-            {
-                *counts.entry(e.item_id).or_default() += f64::from(e.weight);
-            }
-            // Buckets past the ttl are gone, as their Redis keys would be.
-            let keep_from = b.saturating_sub(c.ttl_secs / c.bucket_secs.max(1));
-            *buckets = buckets.split_off(&keep_from);
+            let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+            counters.add(
+                events
+                    .iter()
+                    .filter(|e| e.weight > 0.0 && e.within(now, c.window_secs))
+                    .map(|e| (e.item_id, f64::from(e.weight))),
+                c.bucket_of(now),
+            );
         }
     }
 
@@ -118,25 +117,169 @@ impl MemoryStreams {
         })
     }
 
-    pub fn trending(&self, now: f64, top: usize, half_life_secs: f64) -> Vec<(u64, f64)> {
+    /// The counters' decayed top `top` items (id, score), best first (ties by id).
+    pub fn trending(&self, now: f64, top: usize) -> Vec<(u64, f64)> {
         let Some(c) = &self.defs.trending else {
             return Vec::new();
         };
-        let Ok(buckets) = self.buckets.lock() else {
-            return Vec::new();
+        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        counters.advance(c.bucket_of(now));
+        counters.top(top)
+    }
+
+    /// Changes whenever the trending top may have changed (events counted, a bucket left the
+    /// window); time passing alone does not change it.
+    pub fn trending_version(&self, now: f64) -> u64 {
+        let Some(c) = &self.defs.trending else {
+            return 0;
         };
-        let cur = c.bucket_of(now);
-        let mut acc: HashMap<u64, f64> = HashMap::new();
-        for b in c.buckets(now) {
-            let Some(counts) = buckets.get(&b) else {
-                continue;
-            };
-            let w = bucket_decay(cur - b, c.bucket_secs, half_life_secs);
-            for (&item, &n) in counts {
-                *acc.entry(item).or_default() += w * n;
+        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        counters.advance(c.bucket_of(now));
+        counters.version
+    }
+
+    /// Items with a live count (bounded by the catalog: events on unknown items are refused).
+    pub fn counted_items(&self) -> usize {
+        self.counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .score
+            .len()
+    }
+}
+
+/// Item counters over the window's buckets, with each item's decayed score kept current.
+#[derive(Debug)]
+struct Counters {
+    /// Buckets in the window; 0 when counters are off.
+    window: u64,
+    /// log2 of the weight ratio of consecutive buckets (bucket_secs / half_life).
+    step: f64,
+    /// The bucket whose weight is 1 (see `weight`); moved forward before weights overflow.
+    base: u64,
+    /// The newest bucket seen.
+    cur: u64,
+    /// Bucket → item → summed weight, for the buckets in the window.
+    buckets: BTreeMap<u64, HashMap<u64, f64>>,
+    /// Item → Σ count × weight(bucket): its score up to the common factor weight(cur)⁻¹.
+    score: HashMap<u64, f64>,
+    /// (score bits, descending; item): positive finite f64 order like their bits.
+    order: BTreeSet<(std::cmp::Reverse<u64>, u64)>,
+    version: u64,
+}
+
+/// Past this many doublings of a bucket's weight the base moves (f64 holds 2^1023).
+const REBASE_AFTER: f64 = 256.0;
+
+impl Counters {
+    fn new(def: Option<&CounterDef>, half_life_secs: f64) -> Self {
+        let (window, step) = match def {
+            Some(c) => (
+                (c.window_secs / c.bucket_secs.max(1)).max(1),
+                if half_life_secs > 0.0 {
+                    c.bucket_secs as f64 / half_life_secs
+                } else {
+                    0.0
+                },
+            ),
+            None => (0, 0.0),
+        };
+        Self {
+            window,
+            step,
+            base: 0,
+            cur: 0,
+            buckets: BTreeMap::new(),
+            score: HashMap::new(),
+            order: BTreeSet::new(),
+            version: 0,
+        }
+    }
+
+    fn weight(&self, bucket: u64) -> f64 {
+        (bucket as f64 - self.base as f64) * self.step
+    }
+
+    fn set_score(&mut self, item: u64, new: f64) {
+        if let Some(old) = self.score.get(&item) {
+            self.order.remove(&(std::cmp::Reverse(old.to_bits()), item));
+        }
+        if new > 0.0 && new.is_finite() {
+            self.score.insert(item, new);
+            self.order.insert((std::cmp::Reverse(new.to_bits()), item));
+        } else {
+            self.score.remove(&item);
+        }
+    }
+
+    /// Moves the clock to `bucket`: buckets that left the window stop counting.
+    fn advance(&mut self, bucket: u64) {
+        if self.window == 0 || bucket <= self.cur && !self.buckets.is_empty() {
+            return;
+        }
+        self.cur = self.cur.max(bucket);
+        if self.buckets.is_empty() {
+            self.base = self.cur;
+            return;
+        }
+        let keep_from = self.cur.saturating_sub(self.window - 1);
+        let kept = self.buckets.split_off(&keep_from);
+        let gone = std::mem::replace(&mut self.buckets, kept);
+        if !gone.is_empty() {
+            // The items of the dropped buckets are scored again from what remains (exact: no
+            // drift from subtracting floats).
+            let touched: BTreeSet<u64> = gone.values().flat_map(|m| m.keys().copied()).collect();
+            for item in touched {
+                let s: f64 = self
+                    .buckets
+                    .iter()
+                    .filter_map(|(&b, m)| m.get(&item).map(|n| n * self.weight(b).exp2()))
+                    .sum();
+                self.set_score(item, s);
+            }
+            self.version += 1;
+        }
+        if self.weight(self.cur) > REBASE_AFTER {
+            let shift = (-self.weight(self.cur)).exp2();
+            self.base = self.cur;
+            let rescored: Vec<(u64, f64)> =
+                self.score.iter().map(|(&i, &s)| (i, s * shift)).collect();
+            self.order.clear();
+            self.score.clear();
+            for (i, s) in rescored {
+                self.set_score(i, s);
             }
         }
-        top_of(acc, top)
+    }
+
+    fn add(&mut self, counts: impl Iterator<Item = (u64, f64)>, bucket: u64) {
+        if self.window == 0 {
+            return;
+        }
+        self.advance(bucket);
+        // An event of an older bucket than the newest (a clock step back) counts in the newest.
+        let b = self.cur;
+        let w = self.weight(b).exp2();
+        let mut any = false;
+        for (item, n) in counts {
+            *self.buckets.entry(b).or_default().entry(item).or_default() += n;
+            let s = self.score.get(&item).copied().unwrap_or(0.0) + n * w;
+            self.set_score(item, s);
+            any = true;
+        }
+        if any {
+            self.version += 1;
+        }
+    }
+
+    /// The best `top` (item, decayed score at the newest bucket).
+    fn top(&self, top: usize) -> Vec<(u64, f64)> {
+        let scale = (-self.weight(self.cur)).exp2();
+        self.order
+            .iter()
+            .take(top)
+            .map(|(s, item)| (*item, f64::from_bits(s.0) * scale))
+            .collect()
     }
 }
 
@@ -162,7 +305,7 @@ mod tests {
             defs.recent.as_ref().unwrap().max_len,
             defs.seen.as_ref().unwrap().ttl_secs as f64,
         );
-        let m = MemoryStreams::new(defs, 100);
+        let m = MemoryStreams::new(defs, 100, 1800.0);
         let t0 = 1_700_000_000.0;
         m.apply(
             &[
@@ -194,7 +337,7 @@ mod tests {
         assert_eq!(r[0], 100 + recent_max as u64 + 9);
         // Trending: newer weight counts more; impressions do not count.
         m.apply(&[ev(5, 7, 1.0), ev(5, 8, 0.0)], t0 + seen_ttl);
-        let top = m.trending(t0 + seen_ttl, 10, 1800.0);
+        let top = m.trending(t0 + seen_ttl, 10);
         assert_eq!(top.first().map(|t| t.0), Some(7));
         assert!(top.iter().all(|t| t.0 != 8));
         // A backfilled event (older than the window and the ttls) moves nothing.
@@ -206,6 +349,6 @@ mod tests {
         assert!(m
             .user(9, t0)
             .is_none_or(|u| u.recent.is_empty() && u.seen.is_empty()));
-        assert!(m.trending(t0, 10, 1800.0).iter().all(|t| t.0 != 99));
+        assert!(m.trending(t0, 10).iter().all(|t| t.0 != 99));
     }
 }

@@ -182,8 +182,21 @@ impl StreamStore {
         half_life_secs: f64,
     ) -> Result<Vec<(u64, f64)>, FeatureError> {
         match self {
-            StreamStore::Memory(m) => Ok(m.trending(now, top, half_life_secs)),
+            // In process, the half-life is the store's own (fixed at start).
+            StreamStore::Memory(m) => Ok(m.trending(now, top)),
             StreamStore::Redis(r) => r.trending(now, top, half_life_secs).await,
+        }
+    }
+}
+
+impl StreamStore {
+    /// For the in-process store, a number that changes whenever the trending top may have
+    /// (so a refresh with nothing new can be skipped); None for Redis, which other servers
+    /// write too.
+    pub fn trending_version(&self, now: f64) -> Option<u64> {
+        match self {
+            StreamStore::Memory(m) => Some(m.trending_version(now)),
+            StreamStore::Redis(_) => None,
         }
     }
 }
