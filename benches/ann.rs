@@ -143,11 +143,12 @@ fn recall(
     truth: &[HashSet<u32>],
     mut search: impl FnMut(&[f32]) -> Vec<u32>,
 ) -> f64 {
-    let mut hits = 0usize;
-    for (q, t) in queries.iter().zip(truth) {
-        hits += search(q).iter().filter(|i| t.contains(i)).count();
-    }
-    hits as f64 / (queries.len() * K) as f64
+    let sum: f64 = queries
+        .iter()
+        .zip(truth)
+        .map(|(q, t)| funnel::evaluation::recall_at(&search(q), t, K))
+        .sum();
+    sum / queries.len() as f64
 }
 
 /// Single-thread queries/s (median of three passes) and recall@K of `search`.

@@ -7,8 +7,7 @@
 //! `cargo bench --bench ingest [-- --secs 10 --clients 8 --batch 500]`. Client and server share
 //! the machine's cores, as k6 would; request bodies are serialised before the clock starts.
 
-#[path = "../index-builder/tests/common/redis.rs"]
-mod redis_server;
+use funnel_testkit::redis as redis_server;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

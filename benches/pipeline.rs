@@ -17,9 +17,9 @@ use std::time::Instant;
 use criterion::Criterion;
 use rand::{Rng, SeedableRng};
 
+use funnel::api::{RecommendRequest, RequestContext, UserId, ValidRequest};
 use funnel::bundle::Bundle;
 use funnel::config::{Clock, EngineConfig};
-use funnel::engine::api::{RecommendRequest, RequestContext, UserId};
 use funnel::engine::Engine;
 use funnel::features::FeatureRegistry;
 
@@ -102,7 +102,7 @@ impl Fixture {
         }
     }
 
-    fn run(&self, req: RecommendRequest) -> funnel::engine::api::RecommendResponse {
+    fn run(&self, req: RecommendRequest) -> funnel::api::RecommendResponse {
         self.run_on(&self.engine, req)
     }
 
@@ -110,7 +110,8 @@ impl Fixture {
         &self,
         engine: &Arc<Engine>,
         req: RecommendRequest,
-    ) -> funnel::engine::api::RecommendResponse {
+    ) -> funnel::api::RecommendResponse {
+        let req = req.validate(&engine.config().server).expect("valid");
         self.rt
             .block_on(engine.recommend(req, "bench".into()))
             .expect("recommend")
@@ -151,10 +152,10 @@ fn distribution(f: &Fixture, engine: &Arc<Engine>, label: &str) {
         let tm = &r.timings_ms;
         for (k, v) in [
             tm.features,
-            tm.sources.ann,
-            tm.sources.cf,
-            tm.sources.content,
-            tm.sources.trending,
+            tm.sources.get("ann").copied().unwrap_or(0.0),
+            tm.sources.get("cf").copied().unwrap_or(0.0),
+            tm.sources.get("content").copied().unwrap_or(0.0),
+            tm.sources.get("trending").copied().unwrap_or(0.0),
             tm.merge,
             tm.item_features,
             tm.rank,
@@ -165,7 +166,7 @@ fn distribution(f: &Fixture, engine: &Arc<Engine>, label: &str) {
         {
             stages[k].push(v);
         }
-        if r.degradation != funnel::engine::api::Degradation::Full {
+        if r.degradation != funnel::api::Degradation::Full {
             degraded += 1;
         }
         models += models_of(&r);
@@ -208,7 +209,7 @@ fn distribution(f: &Fixture, engine: &Arc<Engine>, label: &str) {
     );
 }
 
-fn models_of(r: &funnel::engine::api::RecommendResponse) -> usize {
+fn models_of(r: &funnel::api::RecommendResponse) -> usize {
     r.explain
         .as_ref()
         .and_then(|e| e.ensemble.as_ref())
@@ -222,13 +223,14 @@ fn models_of(r: &funnel::engine::api::RecommendResponse) -> usize {
 /// quarter of requests).
 fn load(f: &Fixture, engine: &Arc<Engine>, clients: usize, secs: f64) -> [f64; 5] {
     let mut rng = rand::rngs::StdRng::seed_from_u64(17);
-    let reqs: Vec<Vec<RecommendRequest>> = (0..clients)
+    let limits = engine.config().server.clone();
+    let reqs: Vec<Vec<ValidRequest>> = (0..clients)
         .map(|_| {
             (0..256)
                 .map(|_| {
                     let mut r = f.mixed(&mut rng);
                     r.explain = true;
-                    r
+                    r.validate(&limits).expect("valid")
                 })
                 .collect()
         })

@@ -19,9 +19,9 @@
 //!
 //! Requests: 128 prepared the way `benches/pipeline.rs` mixes them (70 % known users, 20 % with a
 //! 3-item session, 10 % cold visitors with a session), query states from
-//! `engine::context::query_state`. Merge gives fewer than 500 candidates whenever the sources
+//! `pipeline::query::query_state`. Merge gives fewer than 500 candidates whenever the sources
 //! overlap, so the encode / rank / re-rank batches are topped up to exactly 500 (1000) with other
-//! requests' candidates. Rows come from the engine's own encoder (`engine::encode_rows`).
+//! requests' candidates. Rows come from the engine's own encoder (`ranking::encode::encode_rows`).
 
 mod common;
 
@@ -35,11 +35,12 @@ use rand::{Rng, SeedableRng};
 
 use funnel::bundle::Bundle;
 use funnel::config::EngineConfig;
-use funnel::engine::context::{query_state, ItemView, QueryState};
-use funnel::engine::{encode_rows, q_prefs_unfiltered, RankUser};
 use funnel::features::online::UserFeatures;
 use funnel::features::{Entity, FeatureRegistry};
 use funnel::merge::{merge, Candidate};
+use funnel::pipeline::item_features::ItemView;
+use funnel::pipeline::query::{query_state, QueryState};
+use funnel::ranking::encode::{encode_rows, RankUser};
 use funnel::ranking::ensemble::segment_for_history;
 use funnel::ranking::input::{DeviceKind, INPUT_DIM};
 use funnel::ranking::registry::{score_with, PlanRequest, Registry};
@@ -100,7 +101,15 @@ struct Fixture {
 
 /// Ranker input rows as the engine encodes them, with no online overrides (embedded store).
 fn encode(bundle: &Bundle, user: &RankUser, cands: &[Candidate]) -> Vec<f32> {
-    encode_rows(bundle, user, cands, &HashMap::new())
+    let mut rows = Vec::new();
+    encode_rows(
+        &bundle.item_table(),
+        user,
+        cands,
+        &HashMap::new(),
+        &mut rows,
+    );
+    rows
 }
 
 impl Fixture {
@@ -192,17 +201,14 @@ impl Fixture {
                 blend,
             );
             let history_len = features.as_ref().map_or(0, |f| f.history_len);
-            let user = RankUser {
-                embedding: features.as_ref().and_then(|f| f.embedding.clone()),
-                prefs: match &features {
-                    Some(f) if !f.category_prefs.is_empty() => q_prefs_unfiltered(&bundle, Some(f)),
-                    _ => bundle.category_prior.clone(),
-                },
-                history_len,
-                device: DeviceKind::Unknown,
-                has_session: !session.is_empty(),
+            let user = RankUser::from_features(
+                &bundle.catalog,
+                &bundle.category_prior,
+                features.as_ref(),
+                DeviceKind::Unknown,
+                !session.is_empty(),
                 now,
-            };
+            );
             reqs.push(Req {
                 q,
                 early,

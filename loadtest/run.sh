@@ -310,10 +310,22 @@ fi
 run_k6() { # script summary_json [extra -e args...]; also writes summary_json.server (CPU, RSS)
   local script="$1" json="$2"
   shift 2
-  local rc=0 cpu0 rss0 t0
+  local rc=0 cpu0 rss0 t0 slow_pid=""
+  # SLOW_CLIENTS=N: N slow-header connections (one byte a second) for the whole k6 run.
+  if [ "${SLOW_CLIENTS:-0}" -gt 0 ]; then
+    python3 "$HERE/slow-clients.py" --port "$SERVER_PORT" -n "$SLOW_CLIENTS" --out "$json.slow" &
+    slow_pid=$!
+    sleep 2
+    log "slow clients: $SLOW_CLIENTS connections sending one header byte a second"
+  fi
   cpu0="$(server_cpu_s)" rss0="$(server_rss_kb)" t0="$(date +%s.%N)"
   K6_NO_USAGE_REPORT=true "$K6" run --quiet --no-color "${K6_ENV[@]}" -e "SUMMARY_JSON=$json" "$@" \
     "$HERE/scenarios/$script" >&2 || rc=$?
+  if [ -n "$slow_pid" ]; then
+    kill -TERM "$slow_pid" 2>/dev/null || true
+    wait "$slow_pid" 2>/dev/null || true
+    log "slow clients: $(cat "$json.slow" 2>/dev/null)"
+  fi
   kill -0 "$SERVER_PID" 2>/dev/null || {
     tail -20 "$SERVER_LOG" >&2
     die "the server died during the run; see $SERVER_LOG"

@@ -69,10 +69,10 @@ impl Catalog {
 
 impl Catalog {
     /// Writes the catalog as a bundle table; the category vocabulary travels in its metadata.
-    pub fn save(&self, path: &std::path::Path) -> Result<(), crate::bundle::BundleError> {
-        use crate::bundle::{Column, Table};
+    pub fn save(&self, path: &std::path::Path) -> Result<(), crate::table::DataError> {
+        use crate::table::{Column, Table};
         let vocab = serde_json::to_string(&self.categories)
-            .map_err(|e| crate::bundle::BundleError::format(path, e.to_string()))?;
+            .map_err(|e| crate::table::DataError::format(path, e.to_string()))?;
         let cats: Vec<String> = self
             .items
             .iter()
@@ -114,10 +114,10 @@ impl Catalog {
             .write(path)
     }
 
-    pub fn load(path: &std::path::Path) -> Result<Self, crate::bundle::BundleError> {
-        use crate::bundle::{BundleError, Table};
+    pub fn load(path: &std::path::Path) -> Result<Self, crate::table::DataError> {
+        use crate::table::{DataError, Table};
         let mut t = Table::read(path)?;
-        let bad = |m: String| BundleError::format(path, m);
+        let bad = |m: String| DataError::format(path, m);
         let categories: Vec<String> = serde_json::from_str(
             t.metadata
                 .get("categories")

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::breaker::BreakerConfig;
+use crate::breaker::BreakerConfig;
 use crate::merge::MergeConfig;
 use crate::ranking::combine::Strategy;
 use crate::ranking::controller::ControllerConfig;
@@ -54,58 +54,39 @@ pub enum FsyncMode {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct EventsConfig {
     /// `POST /v1/events` answers 503 when false.
-    #[serde(default = "d_true")]
     pub enabled: bool,
     /// Directory of the event log (Arrow IPC stream segments); one server per directory.
-    #[serde(default = "d_log_dir")]
     pub log_dir: String,
-    #[serde(default)]
     pub fsync: FsyncMode,
-    #[serde(default = "d_fsync_interval")]
     pub fsync_interval_ms: u64,
     /// Segments rotate past this size.
-    #[serde(default = "d_segment_mb")]
     pub segment_mb: u64,
     /// Events per request at most.
-    #[serde(default = "d_max_batch")]
     pub max_batch: usize,
-    #[serde(default = "d_events_body")]
     pub max_body_bytes: usize,
     /// How long, and how many, `event_id`s are remembered for idempotent retries.
-    #[serde(default = "d_dedupe_window")]
     pub dedupe_window_s: u64,
-    #[serde(default = "d_dedupe_capacity")]
     pub dedupe_capacity: usize,
     /// Batches waiting for the log writer before requests get 503.
-    #[serde(default = "d_queue")]
     pub queue: usize,
     /// Users whose streaming state the in-process store keeps (without Redis).
-    #[serde(default = "d_memory_users")]
     pub memory_max_users: u64,
     /// How long a batch's streaming-feature update may take in Redis (its own breaker, apart
     /// from the request path's).
-    #[serde(default = "d_apply_timeout")]
     pub apply_timeout_ms: u64,
     /// How often the live trending list is recomputed from the counters.
-    #[serde(default = "d_trending_refresh")]
     pub trending_refresh_ms: u64,
     /// Half-life of a counter bucket's weight in the live trending score.
-    #[serde(default = "d_trending_half_life")]
     pub trending_half_life_s: f64,
     /// Share of the live counters in the trending source's score (the rest: the build's).
-    #[serde(default = "d_trending_weight")]
     pub trending_weight: f32,
     /// Items taken from the live counters (and per bucket from Redis).
-    #[serde(default = "d_trending_top")]
     pub trending_top: usize,
 }
 
-fn d_true() -> bool {
-    true
-}
 fn d_log_dir() -> String {
     "artifacts/events".into()
 }
@@ -356,19 +337,15 @@ impl AuthConfig {
 
 /// Time slices of a request. Stages that run out of time are cut and the response says so.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BudgetConfig {
     /// End-to-end deadline of one request.
-    #[serde(default = "d_total")]
     pub total_ms: u64,
     /// Longest wait for the online feature store before falling back to the bundle's features.
-    #[serde(default = "d_features")]
     pub features_ms: u64,
     /// Longest wait for any one candidate source.
-    #[serde(default = "d_source")]
     pub source_ms: u64,
     /// Longest wait for ranking; past it the merged retrieval order is served.
-    #[serde(default = "d_rank")]
     pub rank_ms: u64,
 }
 
@@ -409,17 +386,13 @@ pub enum Clock {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct FeaturesConfig {
     /// Hot item features read from Redis are cached this long.
-    #[serde(default = "d_cache_ttl")]
     pub item_cache_ttl_s: u64,
-    #[serde(default = "d_cache_cap")]
     pub item_cache_capacity: u64,
     /// Redis reply timeout (the request still stops waiting at `budget.features_ms`).
-    #[serde(default = "d_redis_timeout")]
     pub redis_timeout_ms: u64,
-    #[serde(default)]
     pub clock: Clock,
 }
 
@@ -445,12 +418,10 @@ impl Default for FeaturesConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetrievalConfig {
-    #[serde(default)]
     pub quotas: SourceQuotas,
     /// Weight of the session items' mean embedding in the ANN query (0 = user embedding only).
-    #[serde(default = "d_session_blend")]
     pub session_blend: f32,
 }
 
@@ -468,32 +439,24 @@ impl Default for RetrievalConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RankingConfig {
     /// Pin one ranker id (served alone, no ensemble); unset = the ensemble.
-    #[serde(default)]
     pub model: Option<String>,
     /// How the selected models' scores combine.
-    #[serde(default = "d_strategy")]
     pub strategy: Strategy,
     /// Most models one request may run.
-    #[serde(default = "d_max_models")]
     pub max_models: usize,
     /// Distinct architectures / ensemble size must reach this (0 = no constraint).
-    #[serde(default = "d_min_diversity")]
     pub min_diversity: f64,
     /// Time kept back from the deadline for re-rank and the response, in ms.
-    #[serde(default = "d_reserve")]
     pub reserve_ms: u64,
     /// Branch-and-bound node cap per request (the best subset found so far is used past it).
-    #[serde(default = "d_max_nodes")]
     pub max_search_nodes: u64,
     /// `optimize` (branch and bound over subsets) or `all` (a fixed ensemble: every model, best
     /// first, as many as fit the budget and `max_models`).
-    #[serde(default)]
     pub selection: crate::ranking::select::SelectionMode,
     /// Scales the selector's budget to hold the observed p99.
-    #[serde(default)]
     pub controller: ControllerConfig,
 }
 
@@ -547,7 +510,7 @@ impl EngineConfig {
     pub fn validate(&self) -> Result<(), String> {
         let b = &self.budget;
         let r = &self.ranking;
-        let checks: [(bool, &str); 11] = [
+        let checks: [(bool, &str); 9] = [
             (
                 (1..=64).contains(&r.max_models),
                 "ranking.max_models must be within 1..=64",
@@ -570,14 +533,6 @@ impl EngineConfig {
                 "budget slices (features_ms, source_ms, rank_ms) must each be <= budget.total_ms",
             ),
             (
-                self.merge.max_candidates > 0,
-                "merge.max_candidates must be > 0",
-            ),
-            (
-                self.merge.multi_source_bonus.is_finite() && self.merge.multi_source_bonus >= 1.0,
-                "merge.multi_source_bonus must be a finite number >= 1",
-            ),
-            (
                 (0.0..=1.0).contains(&self.retrieval.session_blend),
                 "retrieval.session_blend must be within [0, 1]",
             ),
@@ -596,10 +551,29 @@ impl EngineConfig {
             }
         }
         self.server.validate()?;
+        self.merge.validate()?;
         self.auth.validate()?;
         self.ranking.controller.validate()?;
         self.events.validate()?;
         self.rerank.validate()
+    }
+}
+
+/// What retrieval hands to ranking: the per-source quotas and the merge. The index-builder
+/// draws ranker training candidates with the values the server serves with (`--serving-config`),
+/// records them in the manifest, and the server warns when its own differ.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RetrievalPlan {
+    pub quotas: SourceQuotas,
+    pub merge: MergeConfig,
+}
+
+impl EngineConfig {
+    pub fn retrieval_plan(&self) -> RetrievalPlan {
+        RetrievalPlan {
+            quotas: self.retrieval.quotas.clone(),
+            merge: self.merge.clone(),
+        }
     }
 }
 

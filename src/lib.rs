@@ -6,18 +6,24 @@
 //! [`config`] its typed configuration. [`bundle`] owns the versioned artifact bundle that the nightly `index-builder` publishes and
 //! the server loads; [`catalog`] owns item metadata shared by every stage.
 
+pub mod api;
+pub mod breaker;
 pub mod bundle;
 pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod evaluation;
 pub mod events;
 pub mod features;
+pub mod layout;
 pub mod merge;
+pub mod pipeline;
 pub mod ranking;
 pub mod rerank;
 pub mod server;
 pub mod sources;
+pub mod table;
 
 /// Dense index of an item inside one bundle (position in the catalog). Stable only within a bundle version.
 pub type ItemIdx = u32;

@@ -4,33 +4,40 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::sources::{ScoredItem, SourceId};
+use crate::sources::{ScoredItem, SourceId, N_SOURCES};
 use crate::ItemIdx;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[merge]`: the one place its defaults live is `Default` (a missing key takes it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MergeConfig {
     /// Multiplier for items proposed by two or more sources.
-    #[serde(default = "default_bonus")]
     pub multi_source_bonus: f32,
     /// Cap on merged candidates handed to ranking.
-    #[serde(default = "default_max")]
     pub max_candidates: usize,
-}
-
-const fn default_bonus() -> f32 {
-    1.5
-}
-const fn default_max() -> usize {
-    500
 }
 
 impl Default for MergeConfig {
     fn default() -> Self {
         Self {
-            multi_source_bonus: default_bonus(),
-            max_candidates: default_max(),
+            multi_source_bonus: 1.5,
+            max_candidates: 500,
         }
+    }
+}
+
+impl MergeConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.multi_source_bonus.is_finite() && self.multi_source_bonus >= 1.0) {
+            return Err(format!(
+                "merge.multi_source_bonus must be >= 1, got {}",
+                self.multi_source_bonus
+            ));
+        }
+        if self.max_candidates == 0 {
+            return Err("merge.max_candidates must be > 0".into());
+        }
+        Ok(())
     }
 }
 
@@ -39,7 +46,7 @@ impl Default for MergeConfig {
 pub struct Candidate {
     pub item: ItemIdx,
     /// Per-source normalised score in [0, 1], 0 where the source did not propose the item.
-    pub source_scores: [f32; 4],
+    pub source_scores: [f32; N_SOURCES],
     /// Bit `SourceId::index()` set when that source proposed the item.
     pub source_mask: u8,
     /// The retrieval score used to cap the set and as the ranking fallback.
@@ -82,7 +89,7 @@ pub fn merge(results: &[(SourceId, Vec<ScoredItem>)], cfg: &MergeConfig) -> Vec<
             let norm = 0.05 + 0.95 * norm;
             let c = by_item.entry(it.item).or_insert_with(|| Candidate {
                 item: it.item,
-                source_scores: [0.0; 4],
+                source_scores: [0.0; N_SOURCES],
                 source_mask: 0,
                 score: 0.0,
             });

@@ -175,7 +175,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     out: bundle_dir.clone(),
                     holdout: Some(Holdout::Temporal(0.2)),
                     redis: None,
-                    config: BuildConfig::default(),
+                    // Trained on the candidates the demo server (default config) retrieves.
+                    config: BuildConfig {
+                        serving: EngineConfig::default().retrieval_plan(),
+                        ..BuildConfig::default()
+                    },
                     registry: registry.clone(),
                     quiet: false,
                     seed: 42,

@@ -43,7 +43,7 @@ pub fn build(
             let mut out = Vec::with_capacity(chunk.len());
             let mut rows = Vec::new();
             for &u in chunk {
-                let r = stage.retrieve(ds, u, cfg);
+                let r = stage.retrieve(ds, u);
                 let scores = match ranker {
                     Some(m) => {
                         rows.clear();

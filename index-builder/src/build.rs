@@ -1,15 +1,17 @@
 //! `index-builder build`: the whole nightly pipeline, step by step, into a new bundle version that
 //! becomes current only when every step has succeeded.
 
+use funnel::layout;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use funnel::bundle::files::sha256_file;
 use funnel::bundle::publish::new_version_name;
-use funnel::bundle::{BundleWriter, Column, InputEntry, Table};
+use funnel::bundle::{BundleWriter, InputEntry};
 use funnel::features::FeatureRegistry;
 use funnel::ranking::{load_ranker, Ranker};
+use funnel::table::{Column, Table};
 use serde_json::json;
 
 use crate::config::BuildConfig;
@@ -30,6 +32,8 @@ pub enum BuildError {
     Ingest(#[from] ingest::IngestError),
     #[error(transparent)]
     Bundle(#[from] funnel::bundle::BundleError),
+    #[error(transparent)]
+    Data(#[from] funnel::table::DataError),
     #[error(transparent)]
     Features(#[from] funnel::features::FeatureError),
     #[error("{0}")]
@@ -249,38 +253,30 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
     // 10–11. Online features and their statistics.
     let step = progress.spinner("online features + statistics");
     let table = online_features::build(&args.registry, &ds, &stage, &recs)?;
-    table.write_embedded(writer.path("features/online.arrow")?)?;
+    table.write_embedded(writer.path(layout::ONLINE_FEATURES)?)?;
     let stats = table.stats();
     std::fs::write(
-        writer.path("feature_stats.json")?,
+        writer.path(layout::FEATURE_STATS)?,
         serde_json::to_vec_pretty(&stats).map_err(|e| BuildError::Invalid(e.to_string()))?,
     )
-    .map_err(|e| funnel::bundle::BundleError::io(writer.dir().join("feature_stats.json"), e))?;
+    .map_err(|e| funnel::bundle::BundleError::io(writer.dir().join(layout::FEATURE_STATS), e))?;
     step.finish();
 
     // 12. Offline evaluation.
     let eval = if let Some(h) = args.holdout {
         let step = progress.spinner("offline evaluation");
-        let rep = evaluate(
-            &ds,
-            &stage,
-            &rankers,
-            &test,
-            cfg,
-            &h.to_string(),
-            EVAL_MAX_USERS,
-        );
+        let rep = evaluate(&ds, &stage, &rankers, &test, &h.to_string(), EVAL_MAX_USERS);
         let (users, items) = crate::eval::relevant_pairs(&ds, &stage, &test);
-        funnel::bundle::Table::new()
-            .with("user_id", funnel::bundle::Column::U64(users))
-            .with("item_id", funnel::bundle::Column::U64(items))
+        Table::new()
+            .with("user_id", Column::U64(users))
+            .with("item_id", Column::U64(items))
             .meta("holdout", h.to_string())
-            .write(&writer.path("holdout.arrow")?)?;
+            .write(&writer.path(layout::HOLDOUT)?)?;
         std::fs::write(
-            writer.path("eval.json")?,
+            writer.path(layout::EVAL)?,
             serde_json::to_vec_pretty(&rep).map_err(|e| BuildError::Invalid(e.to_string()))?,
         )
-        .map_err(|e| funnel::bundle::BundleError::io(writer.dir().join("eval.json"), e))?;
+        .map_err(|e| funnel::bundle::BundleError::io(writer.dir().join(layout::EVAL), e))?;
         step.finish();
         Some(rep)
     } else {
@@ -317,6 +313,11 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
     let mut info: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     info.insert("counts".into(), json!(counts));
     info.insert("cutoff".into(), json!(cutoff));
+    // The server compares its own with these (the rankers learned from such candidates).
+    info.insert(
+        "retrieval_plan".into(),
+        serde_json::to_value(&cfg.serving).unwrap_or_default(),
+    );
     info.insert("holdout".into(), json!(args.holdout.map(|h| h.to_string())));
     info.insert(
         "config".into(),
@@ -363,14 +364,14 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
 }
 
 fn write_artifacts(w: &BundleWriter, ds: &Dataset, stage: &Stage) -> Result<(), BuildError> {
-    ds.catalog.save(&w.path("catalog.arrow")?)?;
+    ds.catalog.save(&w.path(layout::CATALOG)?)?;
     let hist_len: Vec<u32> = (0..ds.n_users() as u32)
         .map(|u| stage.hist.len(u) as u32)
         .collect();
     Table::new()
         .with("user_id", Column::U64(ds.user_ids.clone()))
         .with("history_len", Column::U32(hist_len))
-        .write(&w.path("users.arrow")?)?;
+        .write(&w.path(layout::USERS)?)?;
     let d = stage.emb.dim;
     Table::new()
         .with(
@@ -381,7 +382,7 @@ fn write_artifacts(w: &BundleWriter, ds: &Dataset, stage: &Stage) -> Result<(), 
             },
         )
         .meta("dim", d)
-        .write(&w.path("embeddings/users.arrow")?)?;
+        .write(&w.path(layout::USER_EMBEDDINGS)?)?;
     Table::new()
         .with(
             "vector",
@@ -391,22 +392,22 @@ fn write_artifacts(w: &BundleWriter, ds: &Dataset, stage: &Stage) -> Result<(), 
             },
         )
         .meta("dim", d)
-        .write(&w.path("embeddings/items.arrow")?)?;
-    stage.ann_graph.save(&w.dir().join("ann"))?;
-    stage.cf.neighbors().save(&w.path("cf/neighbors.arrow")?)?;
+        .write(&w.path(layout::ITEM_EMBEDDINGS)?)?;
+    stage.ann_graph.save(&w.dir().join(layout::ANN_DIR))?;
+    stage.cf.neighbors().save(&w.path(layout::CF_NEIGHBORS)?)?;
     stage
         .content
         .index()
-        .save(&w.path("content/category_items.arrow")?)?;
+        .save(&w.path(layout::CONTENT_CATEGORY_ITEMS)?)?;
     Table::new()
         .with("prior", Column::F32(stage.prior.clone()))
-        .write(&w.path("content/category_prior.arrow")?)?;
-    stage.trend.list().save(&w.path("trending.arrow")?)?;
+        .write(&w.path(layout::CONTENT_CATEGORY_PRIOR)?)?;
+    stage.trend.list().save(&w.path(layout::TRENDING)?)?;
     Table::new()
         .with("popularity", Column::F32(stage.trending.popularity.clone()))
         .with("trending", Column::F32(stage.trending.score.clone()))
         .meta("cutoff", stage.cutoff)
-        .write(&w.path("popularity.arrow")?)?;
+        .write(&w.path(layout::POPULARITY)?)?;
     Ok(())
 }
 
@@ -426,6 +427,6 @@ fn write_batch(w: &BundleWriter, ds: &Dataset, recs: &batch::BatchRecs) -> Resul
         .with("rank", Column::U32(ranks))
         .with("item_id", Column::U64(items))
         .with("score", Column::F32(scores))
-        .write(&w.path("batch_recs.arrow")?)?;
+        .write(&w.path(layout::BATCH_RECS)?)?;
     Ok(())
 }

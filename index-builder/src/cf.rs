@@ -10,14 +10,11 @@ use funnel::sources::ScoredItem;
 use crate::dataset::UserHistory;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct CfConfig {
-    #[serde(default = "d_k")]
     pub neighbors: usize,
     /// Only a user's most recent items count, so one heavy user cannot dominate (and cost is bounded).
-    #[serde(default = "d_hist")]
     pub max_history: usize,
-    #[serde(default = "d_shrink")]
     pub shrink: f32,
 }
 const fn d_k() -> usize {

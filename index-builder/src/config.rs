@@ -4,9 +4,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use funnel::merge::MergeConfig;
+use funnel::config::RetrievalPlan;
 use funnel::sources::ann::hnsw::HnswParams;
-use funnel::sources::SourceQuotas;
 
 use crate::cf::CfConfig;
 use crate::content::ContentConfig;
@@ -26,10 +25,11 @@ pub struct BuildConfig {
     pub content: ContentConfig,
     #[serde(default)]
     pub trending: TrendingConfig,
-    #[serde(default)]
-    pub quotas: SourceQuotas,
-    #[serde(default)]
-    pub merge: MergeConfig,
+    /// Not read from the build's TOML: the serving config's quotas and merge
+    /// (`--serving-config`, else the server's defaults), so training candidates are the ones the
+    /// server will rank.
+    #[serde(skip)]
+    pub serving: RetrievalPlan,
     #[serde(default)]
     pub rankers: RankerBuildConfig,
     #[serde(default)]
@@ -39,25 +39,18 @@ pub struct BuildConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RankerBuildConfig {
     /// Share of the training period (its end) whose interactions label ranker examples.
-    #[serde(default = "d_label")]
     pub label_fraction: f64,
     /// At most this many users contribute examples (sampled deterministically).
-    #[serde(default = "d_users")]
     pub max_users: usize,
     /// Negatives per user, drawn from the user's retrieval candidates.
-    #[serde(default = "d_neg")]
     pub negatives_per_user: usize,
     /// Share of example users held out for validation metrics.
-    #[serde(default = "d_valid")]
     pub validation_fraction: f64,
-    #[serde(default = "d_epochs")]
     pub epochs: usize,
-    #[serde(default = "d_batch")]
     pub batch_size: usize,
-    #[serde(default = "d_lr")]
     pub learning_rate: f64,
 }
 const fn d_label() -> f64 {
@@ -96,13 +89,11 @@ impl Default for RankerBuildConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BatchConfig {
     /// Recommendations precomputed per active user (the server's fallback list).
-    #[serde(default = "d_k")]
     pub k: usize,
     /// Users with an interaction in this many days before the cutoff are active.
-    #[serde(default = "d_active")]
     pub active_days: i64,
 }
 const fn d_k() -> usize {
@@ -121,10 +112,9 @@ impl Default for BatchConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct PublishConfig {
     /// Published versions kept in the bundle root.
-    #[serde(default = "d_keep")]
     pub keep_versions: usize,
 }
 const fn d_keep() -> usize {
@@ -154,7 +144,7 @@ impl BuildConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 10] = [
+        let checks: [(bool, &str); 9] = [
             (
                 self.als.dim > 0 && self.als.dim <= 1024,
                 "als.dim must be in 1..=1024",
@@ -172,10 +162,6 @@ impl BuildConfig {
                 "hnsw: m >= 2, ef_construction >= m, ef_search > 0, base_degree 0 or >= 2",
             ),
             (self.cf.neighbors > 0, "cf.neighbors must be > 0"),
-            (
-                self.merge.max_candidates > 0 && self.merge.multi_source_bonus >= 1.0,
-                "merge.max_candidates > 0 and merge.multi_source_bonus >= 1",
-            ),
             (
                 self.rankers.label_fraction > 0.0 && self.rankers.label_fraction < 0.5,
                 "rankers.label_fraction must be in (0, 0.5)",
@@ -195,10 +181,10 @@ impl BuildConfig {
                 "batch.k and publish.keep_versions must be > 0",
             ),
         ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, msg)) => Err(msg.to_string()),
-            None => Ok(()),
+        if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
+            return Err(msg.to_string());
         }
+        self.serving.merge.validate()
     }
 }
 

@@ -11,10 +11,9 @@ use funnel::sources::ScoredItem;
 use crate::dataset::UserHistory;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ContentConfig {
     /// Pseudo-count of the prior: a user with this much weighted history is half prior, half own.
-    #[serde(default = "d_shrink")]
     pub prior_strength: f32,
 }
 const fn d_shrink() -> f32 {

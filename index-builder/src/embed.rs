@@ -11,19 +11,13 @@ use serde::{Deserialize, Serialize};
 use crate::dataset::Event;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AlsConfig {
-    #[serde(default = "d_dim")]
     pub dim: usize,
-    #[serde(default = "d_iters")]
     pub iterations: usize,
-    #[serde(default = "d_reg")]
     pub regularization: f32,
-    #[serde(default = "d_alpha")]
     pub alpha: f32,
-    #[serde(default = "d_cg")]
     pub cg_steps: usize,
-    #[serde(default)]
     pub seed: u64,
 }
 const fn d_dim() -> usize {

@@ -12,6 +12,7 @@
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
 
+use funnel::evaluation::request_ndcg;
 use funnel::ranking::combine::{self, combine, Stacker, Strategy};
 use funnel::ranking::ensemble::{EnsembleManifest, EstimatorFit, SegmentStats, StrategyScore};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -38,7 +39,6 @@ const STACKER_MIN_GAIN: f64 = 1e-10;
 /// Fixed so the sampled subsets, and hence λ, are reproducible build to build.
 const SUBSET_SEED: u64 = 0x5EED_E75E_3B1E_0001;
 /// Groups with more positives than this are sorted for NDCG; fewer are ranked by counting.
-const COUNT_MAX_POSITIVES: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnsembleError {
@@ -268,11 +268,6 @@ fn finite(v: f64) -> Option<f64> {
     v.is_finite().then_some(v)
 }
 
-#[inline]
-fn discount(rank: usize) -> f64 {
-    1.0 / ((rank + 2) as f64).log2()
-}
-
 /// The requests of a view that NDCG counts (those with a positive), found once per view so the
 /// hundreds of subset evaluations only rank. NDCG@[`NDCG_K`] here has the semantics of
 /// [`crate::train::ndcg_at_k`]: binary relevance, ties ranked negatives first, requests without a
@@ -331,7 +326,7 @@ impl Judged {
             .groups
             .iter()
             .map(|g| {
-                group_ndcg(
+                request_ndcg(
                     &scores[g.start..g.end],
                     &self.positive[g.start..g.end],
                     &self.pos[g.pos_start..g.pos_end],
@@ -341,65 +336,6 @@ impl Judged {
             })
             .sum();
         sum / self.groups.len() as f64
-    }
-}
-
-/// NDCG@k of one request with at least one positive (`pos`: their offsets, ascending).
-fn group_ndcg(
-    scores: &[f32],
-    positive: &[bool],
-    pos: &[u32],
-    k: usize,
-    scratch: &mut Vec<u32>,
-) -> f64 {
-    let dcg = if pos.len() <= COUNT_MAX_POSITIVES {
-        // A positive's rank is the rows ahead of it: higher scores, tied negatives (ties are
-        // pessimistic), and tied positives before it (they share the same set of positions).
-        let mut dcg = 0.0;
-        for &p in pos {
-            let p = p as usize;
-            let sp = scores[p];
-            let mut rank = 0usize;
-            for (j, (&sj, &pj)) in scores.iter().zip(positive).enumerate() {
-                rank += match sj.total_cmp(&sp) {
-                    Ordering::Greater => 1,
-                    Ordering::Equal => usize::from(!pj || j < p),
-                    Ordering::Less => 0,
-                };
-            }
-            if rank < k {
-                dcg += discount(rank);
-            }
-        }
-        dcg
-    } else {
-        scratch.clear();
-        scratch.extend(0..scores.len() as u32);
-        let order = |a: &u32, b: &u32| {
-            let (a, b) = (*a as usize, *b as usize);
-            scores[b]
-                .total_cmp(&scores[a])
-                .then(positive[a].cmp(&positive[b]))
-        };
-        // Only the top k matter: select them, then sort just those. Rows equal under `order`
-        // share score and label, so how they land among themselves does not change the DCG.
-        let top = k.min(scratch.len());
-        if top > 0 && top < scratch.len() {
-            scratch.select_nth_unstable_by(top - 1, order);
-        }
-        scratch[..top].sort_unstable_by(order);
-        scratch[..top]
-            .iter()
-            .enumerate()
-            .filter(|&(_, &i)| positive[i as usize])
-            .map(|(r, _)| discount(r))
-            .sum()
-    };
-    let ideal: f64 = (0..pos.len().min(k)).map(discount).sum();
-    if ideal > 0.0 {
-        dcg / ideal
-    } else {
-        0.0
     }
 }
 
@@ -564,34 +500,12 @@ fn fit_estimator(
         / n;
     let fit = EstimatorFit {
         subsets: points.len(),
-        pearson: pearson_f64(&estimate, &actual),
-        spearman: pearson_f64(&average_ranks(&estimate), &average_ranks(&actual)),
+        pearson: funnel::evaluation::pearson(&estimate, &actual),
+        spearman: funnel::evaluation::pearson(&average_ranks(&estimate), &average_ranks(&actual)),
         mae,
         mae_without_diversity,
     };
     (lambda, Some(fit))
-}
-
-/// Pearson correlation; 0 when undefined (fewer than two points, a constant side).
-fn pearson_f64(a: &[f64], b: &[f64]) -> f64 {
-    if a.len() != b.len() || a.len() < 2 {
-        return 0.0;
-    }
-    let n = a.len() as f64;
-    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
-    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        let (dx, dy) = (x - ma, y - mb);
-        sab += dx * dy;
-        saa += dx * dx;
-        sbb += dy * dy;
-    }
-    let r = sab / (saa.sqrt() * sbb.sqrt());
-    if saa > 0.0 && sbb > 0.0 && r.is_finite() {
-        r.clamp(-1.0, 1.0)
-    } else {
-        0.0
-    }
 }
 
 /// 1-based ranks, ties sharing their mean rank (for Spearman).
@@ -1151,9 +1065,10 @@ mod tests {
     #[test]
     fn spearman_ranks_handle_ties() {
         assert_eq!(average_ranks(&[3.0, 1.0, 3.0]), vec![2.5, 1.0, 2.5]);
-        assert_eq!(pearson_f64(&[1.0], &[2.0]), 0.0);
-        assert_eq!(pearson_f64(&[1.0, 1.0], &[2.0, 3.0]), 0.0);
-        assert!((pearson_f64(&[1.0, 2.0, 3.0], &[2.0, 4.0, 7.0]) - 0.9934).abs() < 1e-3);
+        use funnel::evaluation::pearson;
+        assert_eq!(pearson(&[1.0], &[2.0]), 0.0);
+        assert_eq!(pearson(&[1.0, 1.0], &[2.0, 3.0]), 0.0);
+        assert!((pearson(&[1.0, 2.0, 3.0], &[2.0, 4.0, 7.0]) - 0.9934).abs() < 1e-3);
     }
 
     /// Timing on a realistic size: `cargo test --release -p index-builder --lib ensemble -- --ignored`.

@@ -8,12 +8,12 @@ use std::collections::HashSet;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use funnel::evaluation::{ndcg_at, recall_at};
 use funnel::ranking::input::INPUT_DIM;
 use funnel::ranking::Ranker;
 use funnel::sources::SourceId;
 use funnel::{ItemIdx, UserIdx};
 
-use crate::config::BuildConfig;
 use crate::dataset::{Dataset, Event};
 use crate::stage::Stage;
 
@@ -36,21 +36,10 @@ pub struct EvalReport {
 
 /// Binary-relevance metrics of one ranked list: Recall@20, NDCG@20, Recall@500.
 pub(crate) fn metrics(list: &[ItemIdx], rel: &HashSet<ItemIdx>) -> [f64; 3] {
-    let n_rel = rel.len() as f64;
-    let hits = |k: usize| list.iter().take(k).filter(|i| rel.contains(i)).count() as f64;
-    let mut dcg = 0.0;
-    for (pos, i) in list.iter().take(20).enumerate() {
-        if rel.contains(i) {
-            dcg += 1.0 / ((pos + 2) as f64).log2();
-        }
-    }
-    let idcg: f64 = (0..rel.len().min(20))
-        .map(|p| 1.0 / ((p + 2) as f64).log2())
-        .sum();
     [
-        hits(20) / n_rel,
-        if idcg > 0.0 { dcg / idcg } else { 0.0 },
-        hits(500) / n_rel,
+        recall_at(list, rel, 20),
+        ndcg_at(list, rel, 20),
+        recall_at(list, rel, 500),
     ]
 }
 
@@ -60,7 +49,6 @@ pub fn evaluate(
     stage: &Stage,
     rankers: &[(String, Box<dyn Ranker>)],
     test: &[Event],
-    cfg: &BuildConfig,
     holdout: &str,
     max_users: usize,
 ) -> EvalReport {
@@ -105,7 +93,7 @@ pub fn evaluate(
         .map(|&u| {
             let rel_u = &rel[u as usize];
             let seen: HashSet<ItemIdx> = stage.hist.items(u).iter().copied().collect();
-            let r = stage.retrieve(ds, u, cfg);
+            let r = stage.retrieve(ds, u);
             let mut out: Vec<[f64; 3]> = Vec::with_capacity(names.len());
             for (_, items) in &r.per_source {
                 let list: Vec<ItemIdx> = items.iter().map(|s| s.item).collect();

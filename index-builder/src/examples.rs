@@ -64,7 +64,7 @@ pub fn build(
         .map(|(k, &u)| {
             let is_valid = k < n_valid;
             let pos: HashSet<u32> = positives[u as usize].iter().copied().collect();
-            let r = early.retrieve(ds, u, cfg);
+            let r = early.retrieve(ds, u);
             let mut cands = r.merged;
             if !cands.iter().any(|c| pos.contains(&c.item)) {
                 return (is_valid, empty());

@@ -2,6 +2,7 @@
 //! checksummed bundle; `synth` writes deterministic synthetic logs; `verify` re-checks a bundle;
 //! `eval` prints a bundle's offline evaluation table; `demo` does synth + build in one go.
 
+use funnel::layout;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -51,6 +52,10 @@ enum Cmd {
         /// Build configuration (TOML); defaults apply to anything it leaves out.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The server's config (TOML) whose source quotas and merge the rankers are trained
+        /// with (defaults: the server's built-in defaults).
+        #[arg(long)]
+        serving_config: Option<PathBuf>,
         /// Feature definitions directory (defaults to the ones compiled in from feature-defs/).
         #[arg(long)]
         feature_defs: Option<PathBuf>,
@@ -124,6 +129,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             holdout,
             redis,
             config,
+            serving_config,
             feature_defs,
             seed,
         } => {
@@ -131,10 +137,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 .map(|h| h.parse::<Holdout>())
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
-            let config = match config {
+            let mut config = match config {
                 Some(p) => BuildConfig::load(&p).map_err(anyhow::Error::msg)?,
                 None => BuildConfig::default(),
             };
+            if let Some(p) = serving_config {
+                config.serving = funnel::config::EngineConfig::load(&p)
+                    .map_err(anyhow::Error::msg)?
+                    .retrieval_plan();
+            }
             let outcome = run(BuildArgs {
                 interactions,
                 items,
@@ -203,7 +214,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             serve_config,
         } => {
             let dir = funnel::bundle::resolve_version_dir(&bundle)?;
-            let path = dir.join("eval.json");
+            let path = dir.join(layout::EVAL);
             if !path.is_file() {
                 bail!(
                     "{}: this bundle was built without --holdout, so it has no evaluation",
@@ -215,7 +226,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let rep: EvalReport = serde_json::from_str(&text)
                 .with_context(|| format!("{}: invalid evaluation file", path.display()))?;
             print!("{}", rep.table());
-            if !offline_only && dir.join("holdout.arrow").is_file() {
+            if !offline_only && dir.join(layout::HOLDOUT).is_file() {
                 let registry = FeatureRegistry::bundled()?;
                 let cfg = match &serve_config {
                     Some(p) => funnel::config::EngineConfig::load(p).map_err(anyhow::Error::msg)?,

@@ -1,46 +1,12 @@
-//! Builder-side glue for online features: writing the embedded store and stats into the bundle,
-//! pushing to Redis, and checking the push through the server's own read path. The schema,
-//! codec and stores themselves live in `funnel::features`, shared with the server.
-
-use std::path::Path;
+//! Builder-side glue for online features: pushing to Redis, and checking the push through the
+//! server's own read path. The schema, codec and stores themselves live in `funnel::features`,
+//! shared with the server.
 
 pub use funnel::features::{
     Entity, FeatureError, FeatureRegistry, FeatureStats, FeatureTable, FeatureValue, PushOptions,
-    PushStats, RedisFeatureStore, EMBEDDED_FILE_NAME, STATS_FILE_NAME,
+    PushStats, RedisFeatureStore,
 };
 use serde::{Deserialize, Serialize};
-
-/// What [`write_bundle_files`] wrote.
-#[derive(Debug, Clone)]
-pub struct OnlineBundleFiles {
-    /// Values in the embedded store file.
-    pub values: usize,
-    /// The defs hash to record in the bundle manifest.
-    pub defs_hash: String,
-    pub stats: Vec<FeatureStats>,
-}
-
-/// Writes [`EMBEDDED_FILE_NAME`] and [`STATS_FILE_NAME`] (pretty JSON of `Vec<FeatureStats>`)
-/// into `bundle_dir`.
-pub fn write_bundle_files(
-    table: &FeatureTable,
-    bundle_dir: &Path,
-) -> Result<OnlineBundleFiles, FeatureError> {
-    let values = table.write_embedded(bundle_dir.join(EMBEDDED_FILE_NAME))?;
-    let stats = table.stats();
-    let stats_path = bundle_dir.join(STATS_FILE_NAME);
-    let io_err = |source| FeatureError::Io {
-        path: stats_path.clone(),
-        source,
-    };
-    let json = serde_json::to_vec_pretty(&stats).map_err(|e| io_err(std::io::Error::other(e)))?;
-    std::fs::write(&stats_path, json).map_err(io_err)?;
-    Ok(OnlineBundleFiles {
-        values,
-        defs_hash: table.registry().hash().to_owned(),
-        stats,
-    })
-}
 
 /// Pushes every batch feature of `table` to Redis under `version` with default
 /// [`PushOptions`] (1000 entities per pipeline), then sets `funnel:current_version`.

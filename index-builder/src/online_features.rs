@@ -51,7 +51,7 @@ pub fn build(
             .user_prefs(u)
             .iter()
             .zip(cats)
-            .filter(|(p, _)| **p > 1e-4)
+            .filter(|(p, _)| **p > funnel::ranking::encode::MIN_PREF)
             .map(|(p, c)| (c.clone(), *p))
             .collect();
         t.insert(

@@ -5,18 +5,20 @@
 //! configured ensemble, once per combination strategy, and once per ranker alone, so every
 //! ranker and strategy is compared on the same users. Needs a bundle built with `--holdout`.
 
+use funnel::layout;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use serde::Serialize;
 
-use funnel::bundle::{Bundle, Table};
+use funnel::api::{RankingOverride, RecommendRequest, RequestContext, UserId};
+use funnel::bundle::Bundle;
 use funnel::config::{Clock, EngineConfig};
-use funnel::engine::api::{RankingOverride, RecommendRequest, RequestContext, UserId};
 use funnel::engine::Engine;
 use funnel::features::online::UserFeatures;
 use funnel::features::{Entity, FeatureRegistry};
 use funnel::ranking::combine::Strategy;
+use funnel::table::Table;
 use funnel::ItemIdx;
 
 use crate::eval::metrics;
@@ -66,7 +68,7 @@ pub fn evaluate_served(
     max_users: usize,
 ) -> Result<ServedReport, String> {
     let b = Bundle::open(bundle_dir, registry).map_err(|e| e.to_string())?;
-    let hpath = b.dir.join("holdout.arrow");
+    let hpath = b.dir.join(layout::HOLDOUT);
     let mut t = Table::read(&hpath).map_err(|e| {
         format!("{e} (only bundles built with --holdout can be evaluated as served)")
     })?;
@@ -185,7 +187,9 @@ pub fn evaluate_served(
                 explain: v == 0,
                 ranking: ranking.clone(),
                 deadline_ms: None,
-            };
+            }
+            .validate(&engine.config().server)
+            .map_err(|e| e.message)?;
             let resp = rt
                 .block_on(engine.recommend(req, format!("eval-{u}")))
                 .map_err(|e| e.to_string())?;

@@ -5,13 +5,15 @@
 //! A build makes two stages when it trains rankers: one as of an earlier label cutoff (the
 //! rankers learn from its candidates without seeing the labels), and the serving stage.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use funnel::merge::{merge, Candidate};
-use funnel::ranking::input::{
-    encode_row, CandidateSignals, DeviceKind, ItemSignals, UserSignals, INPUT_DIM,
-};
+use funnel::catalog::Catalog;
+use funnel::merge::Candidate;
+use funnel::pipeline::merge::MergeStage;
+use funnel::pipeline::retrieval::SourceSet;
+use funnel::ranking::encode::{encode_rows, prefs_or_prior, ItemTable, RankUser};
+use funnel::ranking::input::DeviceKind;
 use funnel::sources::ann::hnsw::FrozenHnsw;
 use funnel::sources::ann::AnnSource;
 use funnel::sources::cf::CfSource;
@@ -39,11 +41,13 @@ pub struct Stage {
     pub prefs: Vec<f32>,
     pub prior: Vec<f32>,
     pub trending: Trending,
-    pub ann: AnnSource,
     pub ann_graph: Arc<FrozenHnsw>,
-    pub cf: CfSource,
-    pub content: ContentSource,
-    pub trend: TrendingSource,
+    pub cf: Arc<CfSource>,
+    pub content: Arc<ContentSource>,
+    pub trend: Arc<TrendingSource>,
+    /// The server's retrieval and merge stages over this stage's sources.
+    pub sources: SourceSet,
+    pub merge: MergeStage,
 }
 
 impl Stage {
@@ -82,6 +86,15 @@ impl Stage {
         let cats = content::category_index(&ds.catalog, &trending.popularity);
         bar.finish();
 
+        let cf = Arc::new(CfSource::new(cf_n));
+        let content = Arc::new(ContentSource::new(cats));
+        let trend = Arc::new(TrendingSource::new(trending.list.clone()));
+        let sources: Vec<Arc<dyn CandidateSource>> = vec![
+            Arc::new(AnnSource::new(graph.clone())),
+            cf.clone(),
+            content.clone(),
+            trend.clone(),
+        ];
         Ok(Stage {
             cutoff,
             n_categories: prior.len(),
@@ -89,11 +102,12 @@ impl Stage {
             emb,
             prefs,
             prior,
-            ann: AnnSource::new(graph.clone()),
             ann_graph: graph,
-            cf: CfSource::new(cf_n),
-            content: ContentSource::new(cats),
-            trend: TrendingSource::new(trending.list.clone()),
+            cf,
+            content,
+            trend,
+            sources: SourceSet::offline(sources, &cfg.serving.quotas),
+            merge: MergeStage::new(&cfg.serving.merge),
             trending,
         })
     }
@@ -105,9 +119,9 @@ impl Stage {
             .unwrap_or(&[])
     }
 
-    /// Runs the four sources and the merge for a known user, exactly as the server would with the
-    /// same data, excluding what the user has seen and flagged items.
-    pub fn retrieve(&self, ds: &Dataset, u: UserIdx, cfg: &BuildConfig) -> Retrieved {
+    /// Runs the server's sources and merge for a known user, as the server would with the same
+    /// data, excluding what the user has seen and flagged items.
+    pub fn retrieve(&self, ds: &Dataset, u: UserIdx) -> Retrieved {
         let seen: HashSet<ItemIdx> = self.hist.items(u).iter().copied().collect();
         let recent = self.hist.recent_distinct(u, RECENT_ITEMS);
         let has_history = !recent.is_empty();
@@ -119,67 +133,52 @@ impl Stage {
             category_prefs: if has_history { self.user_prefs(u) } else { &[] },
             allow: &allow,
         };
-        let quotas = &cfg.quotas;
-        let sources: [(&dyn CandidateSource, usize); 4] = [
-            (&self.ann, quotas.ann),
-            (&self.cf, quotas.cf),
-            (&self.content, quotas.content),
-            (&self.trend, quotas.trending),
-        ];
-        let per_source: Vec<(SourceId, Vec<ScoredItem>)> = sources
-            .iter()
-            .map(|(s, quota)| (s.id(), s.retrieve(&q, *quota).unwrap_or_default()))
-            .collect();
-        let merged = merge(&per_source, &cfg.merge);
+        let per_source = self.sources.retrieve_now(&q);
+        let merged = self.merge.run(&per_source);
         Retrieved { per_source, merged }
     }
 
-    /// Ranker input rows for a user's candidates, through the engine's shared encoder.
-    pub fn encode(&self, ds: &Dataset, u: UserIdx, cands: &[Candidate], rows: &mut Vec<f32>) {
-        let recent_len = self.hist.len(u) as u32;
-        let user = UserSignals {
-            embedding: (recent_len > 0).then(|| self.emb.user(u)),
-            category_prefs: if recent_len > 0 {
-                self.user_prefs(u)
-            } else {
-                &self.prior
-            },
-            history_len: recent_len,
+    /// The encoder's view of this stage's items (what the bundle's `item_table` serves).
+    pub fn item_table<'a>(&'a self, catalog: &'a Catalog) -> ItemTable<'a> {
+        ItemTable {
+            catalog,
+            embeddings: &self.emb.items,
+            dim: self.emb.dim,
+            popularity: &self.trending.popularity,
+            trending: &self.trending.score,
+        }
+    }
+
+    /// The user as the server will know them from the online features this stage writes
+    /// (`online_features.rs`), with no device and no session.
+    pub fn rank_user(&self, u: UserIdx) -> RankUser {
+        let n = self.hist.len(u) as u32;
+        let known = n > 0;
+        RankUser {
+            // As `UserFeatures::from_row` reads the embedding back.
+            embedding: known
+                .then(|| self.emb.user(u))
+                .filter(|e| e.iter().any(|x| *x != 0.0) && e.iter().all(|x| x.is_finite()))
+                .map(<[f32]>::to_vec),
+            prefs: prefs_or_prior(
+                if known {
+                    self.user_prefs(u).to_vec()
+                } else {
+                    Vec::new()
+                },
+                &self.prior,
+            ),
+            history_len: n,
             device: DeviceKind::Unknown,
             has_session: false,
-        };
-        let start = rows.len();
-        rows.resize(start + cands.len() * INPUT_DIM, 0.0);
-        for (c, out) in cands.iter().zip(rows[start..].chunks_mut(INPUT_DIM)) {
-            let Some(item) = ds.catalog.get(c.item) else {
-                continue;
-            };
-            let pop = self
-                .trending
-                .popularity
-                .get(c.item as usize)
-                .copied()
-                .unwrap_or(0.0);
-            let item_s = ItemSignals {
-                embedding: self.emb.item(c.item),
-                categories: &item.categories,
-                log_popularity: pop.ln_1p(),
-                trending: self
-                    .trending
-                    .score
-                    .get(c.item as usize)
-                    .copied()
-                    .unwrap_or(0.0),
-                age_days: ((self.cutoff - item.published_at) as f32 / 86_400.0).max(0.0),
-                promoted: item.promoted,
-            };
-            let cand = CandidateSignals {
-                source_scores: c.source_scores,
-                source_mask: c.source_mask,
-                merged_score: c.score,
-            };
-            encode_row(&user, &item_s, &cand, out);
+            now: self.cutoff,
         }
+    }
+
+    /// Ranker input rows for a user's candidates, through the engine's one encoder.
+    pub fn encode(&self, ds: &Dataset, u: UserIdx, cands: &[Candidate], rows: &mut Vec<f32>) {
+        let table = self.item_table(&ds.catalog);
+        encode_rows(&table, &self.rank_user(u), cands, &HashMap::new(), rows);
     }
 }
 

@@ -557,46 +557,7 @@ pub fn auc(scores: &[f32], labels: &[f32]) -> f64 {
     (pos_rank_sum - np * (np + 1.0) / 2.0) / (np * n_neg as f64)
 }
 
-/// Mean NDCG@k over groups (binary relevance: label > 0.5), skipping groups without a positive.
-/// Rows of a group need not be contiguous. Within a group, tied scores are ordered negatives
-/// first (pessimistic), so a constant model earns no credit. Returns NaN when the lengths differ
-/// or no group has a positive.
-pub fn ndcg_at_k(scores: &[f32], labels: &[f32], groups: &[u32], k: usize) -> f64 {
-    if scores.len() != labels.len() || scores.len() != groups.len() || k == 0 {
-        return f64::NAN;
-    }
-    let pos = |i: usize| labels[i] > 0.5;
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_unstable_by(|&a, &b| {
-        groups[a]
-            .cmp(&groups[b])
-            .then(scores[b].total_cmp(&scores[a]))
-            .then(pos(a).cmp(&pos(b)))
-    });
-    let discount = |rank: usize| 1.0 / ((rank + 2) as f64).log2();
-    let (mut sum, mut n_groups) = (0.0f64, 0usize);
-    for run in idx.chunk_by(|&a, &b| groups[a] == groups[b]) {
-        let n_pos = run.iter().filter(|&&i| pos(i)).count();
-        if n_pos == 0 {
-            continue;
-        }
-        let dcg: f64 = run
-            .iter()
-            .take(k)
-            .enumerate()
-            .filter(|&(_, &i)| pos(i))
-            .map(|(r, _)| discount(r))
-            .sum();
-        let ideal: f64 = (0..n_pos.min(k)).map(discount).sum();
-        sum += dcg / ideal;
-        n_groups += 1;
-    }
-    if n_groups == 0 {
-        f64::NAN
-    } else {
-        sum / n_groups as f64
-    }
-}
+pub use funnel::evaluation::ndcg_grouped as ndcg_at_k;
 
 /// Mean binary cross-entropy of probabilities (clamped away from 0/1).
 fn logloss(probs: &[f32], labels: &[f32]) -> f64 {
@@ -619,26 +580,7 @@ fn logloss(probs: &[f32], labels: &[f32]) -> f64 {
     total / probs.len() as f64
 }
 
-/// Pearson correlation; 0 when either side is constant or the lengths differ.
-pub fn pearson(a: &[f32], b: &[f32]) -> f64 {
-    if a.len() != b.len() || a.is_empty() {
-        return 0.0;
-    }
-    let n = a.len() as f64;
-    let ma = a.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let mb = b.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let (mut sab, mut saa, mut sbb) = (0.0f64, 0.0f64, 0.0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        let (dx, dy) = (x as f64 - ma, y as f64 - mb);
-        sab += dx * dy;
-        saa += dx * dx;
-        sbb += dy * dy;
-    }
-    if saa <= 0.0 || sbb <= 0.0 {
-        return 0.0;
-    }
-    (sab / (saa.sqrt() * sbb.sqrt())).clamp(-1.0, 1.0)
-}
+pub use funnel::evaluation::pearson_f32 as pearson;
 
 /// Symmetric model × model Pearson matrix with an exact unit diagonal.
 pub fn correlation_matrix(preds: &[Vec<f32>]) -> Vec<Vec<f32>> {
@@ -670,21 +612,6 @@ mod tests {
     }
 
     #[test]
-    fn ndcg_known_values() {
-        // Group 1: positive at rank 2 of 3 → 1/log2(3). Group 2: perfect. Group 3: no positive.
-        let scores = [0.9, 0.5, 0.1, 0.2, 0.8, 0.3, 0.7];
-        let labels = [0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0];
-        let groups = [1, 1, 1, 2, 2, 3, 3];
-        let expected = (1.0 / 3f64.log2() + 1.0) / 2.0;
-        assert!((ndcg_at_k(&scores, &labels, &groups, 20) - expected).abs() < 1e-12);
-        // Cut-off below the positive's rank.
-        assert!((ndcg_at_k(&scores, &labels, &groups, 1) - 0.5).abs() < 1e-12);
-        // Ties are pessimistic.
-        assert!(ndcg_at_k(&[0.5, 0.5], &[1.0, 0.0], &[0, 0], 20) < 1.0);
-        assert!(ndcg_at_k(&[0.5], &[0.0], &[0], 20).is_nan());
-    }
-
-    #[test]
     fn stats_guard_constant_columns() {
         let mut x = vec![0.0f32; 3 * INPUT_DIM];
         for r in 0..3 {
@@ -699,10 +626,7 @@ mod tests {
     }
 
     #[test]
-    fn pearson_and_matrix() {
-        assert!((pearson(&[1.0, 2.0, 3.0], &[2.0, 4.0, 6.0]) - 1.0).abs() < 1e-12);
-        assert!((pearson(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
-        assert_eq!(pearson(&[1.0, 1.0], &[1.0, 2.0]), 0.0);
+    fn correlation_matrix_is_symmetric_with_a_unit_diagonal() {
         let c = correlation_matrix(&[vec![1.0, 2.0, 3.0], vec![1.0, 3.0, 2.0]]);
         assert_eq!(c[0][0], 1.0);
         assert_eq!(c[0][1], c[1][0]);

@@ -10,18 +10,14 @@ use funnel::sources::ScoredItem;
 use crate::dataset::Event;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrendingConfig {
-    #[serde(default = "d_half")]
     pub half_life_hours: f64,
     /// Items published within this many days count as fresh.
-    #[serde(default = "d_fresh")]
     pub fresh_days: f64,
     /// Extra weight for a brand-new item (decays with age over `fresh_days`).
-    #[serde(default = "d_boost")]
     pub fresh_boost: f32,
     /// Length of the trending list kept in the bundle.
-    #[serde(default = "d_keep")]
     pub keep: usize,
 }
 const fn d_half() -> f64 {

@@ -2,11 +2,12 @@
 //! own: one that is missing or corrupt is reported in [`Bundle::problems`] and left out, so the
 //! server can start degraded instead of not at all.
 
+use crate::layout;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{resolve_version_dir, BundleError, Manifest, Table, MANIFEST};
+use super::{resolve_version_dir, BundleError, Manifest, MANIFEST};
 use crate::catalog::Catalog;
 use crate::features::streaming::StreamDefs;
 use crate::features::{EmbeddedStore, FeatureRegistry};
@@ -15,6 +16,7 @@ use crate::sources::ann::hnsw::FrozenHnsw;
 use crate::sources::cf::CfNeighbors;
 use crate::sources::content::CategoryIndex;
 use crate::sources::trending::TrendingList;
+use crate::table::Table;
 use crate::{ItemIdx, UserIdx};
 
 /// Everything a server needs from one bundle version.
@@ -53,8 +55,8 @@ impl Bundle {
     pub fn open(path: &Path, registry: &FeatureRegistry) -> Result<Self, BundleError> {
         let dir = resolve_version_dir(path)?;
         let manifest = Manifest::read(&dir.join(MANIFEST))?;
-        let catalog = Catalog::load(&dir.join("catalog.arrow"))?;
-        let upath = dir.join("users.arrow");
+        let catalog = Catalog::load(&dir.join(layout::CATALOG))?;
+        let upath = dir.join(layout::USERS);
         let mut users = Table::read(&upath)?;
         let user_ids = users
             .take_u64("user_id")
@@ -64,7 +66,7 @@ impl Bundle {
             .enumerate()
             .map(|(i, &u)| (u, i as UserIdx))
             .collect();
-        let epath = dir.join("embeddings/items.arrow");
+        let epath = dir.join(layout::ITEM_EMBEDDINGS);
         let (dim, item_embeddings) = Table::read(&epath)?
             .take_f32vec("vector")
             .map_err(|m| BundleError::format(&epath, m))?;
@@ -74,7 +76,7 @@ impl Bundle {
                 "one embedding per catalog item expected",
             ));
         }
-        let ppath = dir.join("popularity.arrow");
+        let ppath = dir.join(layout::POPULARITY);
         let mut pop = Table::read(&ppath)?;
         let popularity = pop
             .take_f32("popularity")
@@ -95,7 +97,7 @@ impl Bundle {
             tracing::warn!(component = name, error = %e, "bundle component unavailable");
             problems.push((name.to_string(), e));
         };
-        let ann = match FrozenHnsw::load(&dir.join("ann")) {
+        let ann = match FrozenHnsw::load(&dir.join(layout::ANN_DIR)) {
             Ok(g) if crate::sources::ann::AnnIndex::len(&g) == n => Some(Arc::new(g)),
             Ok(_) => {
                 note("ann", "index size does not match the catalog".into());
@@ -106,19 +108,19 @@ impl Bundle {
                 None
             }
         };
-        let cf = CfNeighbors::load(&dir.join("cf/neighbors.arrow"))
+        let cf = CfNeighbors::load(&dir.join(layout::CF_NEIGHBORS))
             .map_err(|e| note("cf", e.to_string()))
             .ok();
-        let content = CategoryIndex::load(&dir.join("content/category_items.arrow"), n)
+        let content = CategoryIndex::load(&dir.join(layout::CONTENT_CATEGORY_ITEMS), n)
             .map_err(|e| note("content", e.to_string()))
             .ok();
-        let trending = TrendingList::load(&dir.join("trending.arrow"), n)
+        let trending = TrendingList::load(&dir.join(layout::TRENDING), n)
             .map_err(|e| note("trending", e.to_string()))
             .ok();
-        let category_prior = Table::read(&dir.join("content/category_prior.arrow"))
+        let category_prior = Table::read(&dir.join(layout::CONTENT_CATEGORY_PRIOR))
             .and_then(|mut t| {
                 t.take_f32("prior")
-                    .map_err(|m| BundleError::format(&dir, m))
+                    .map_err(|m| crate::table::DataError::format(&dir, m))
             })
             .map_err(|e| note("category_prior", e.to_string()))
             .unwrap_or_default();
@@ -132,10 +134,10 @@ impl Bundle {
                 (Vec::new(), None)
             }
         };
-        let batch_recs = load_batch(&dir.join("batch_recs.arrow"))
+        let batch_recs = load_batch(&dir.join(layout::BATCH_RECS))
             .map_err(|e| note("batch_recs", e.to_string()))
             .unwrap_or_default();
-        let features = EmbeddedStore::load(dir.join("features/online.arrow"), registry)
+        let features = EmbeddedStore::load(dir.join(layout::ONLINE_FEATURES), registry)
             .map_err(|e| note("features", e.to_string()))
             .ok();
         Ok(Self {
@@ -165,6 +167,59 @@ impl Bundle {
     pub fn item_embedding(&self, i: ItemIdx) -> Option<&[f32]> {
         let o = i as usize * self.dim;
         self.item_embeddings.get(o..o + self.dim)
+    }
+
+    /// A bundle of just a catalog and item data, without retrieval components, rankers or
+    /// features: for stage tests and for embedding the pipeline without files.
+    pub fn in_memory(
+        catalog: Catalog,
+        item_embeddings: Vec<f32>,
+        dim: usize,
+        popularity: Vec<f32>,
+    ) -> Self {
+        let n_cat = catalog.categories.len();
+        Bundle {
+            dir: PathBuf::new(),
+            manifest: Manifest {
+                format_version: super::manifest::FORMAT_VERSION,
+                version: "in-memory".into(),
+                created_at: chrono::Utc::now(),
+                builder: String::new(),
+                inputs: Vec::new(),
+                files: Default::default(),
+                feature_defs_hash: String::new(),
+                info: Default::default(),
+            },
+            trending_score: vec![0.0; catalog.len()],
+            catalog,
+            user_ids: Vec::new(),
+            user_index: HashMap::new(),
+            item_embeddings,
+            dim,
+            popularity,
+            category_prior: vec![1.0 / n_cat.max(1) as f32; n_cat],
+            ann: None,
+            cf: None,
+            content: None,
+            trending: None,
+            rankers: Vec::new(),
+            rankers_manifest: None,
+            batch_recs: HashMap::new(),
+            features: None,
+            stream_defs: StreamDefs::default(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// The ranker encoder's per-item inputs (the builder encodes its stage the same way).
+    pub fn item_table(&self) -> crate::ranking::encode::ItemTable<'_> {
+        crate::ranking::encode::ItemTable {
+            catalog: &self.catalog,
+            embeddings: &self.item_embeddings,
+            dim: self.dim,
+            popularity: &self.popularity,
+            trending: &self.trending_score,
+        }
     }
 }
 

@@ -10,15 +10,14 @@ pub mod files;
 pub mod load;
 pub mod manifest;
 pub mod publish;
-pub mod table;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
 
+pub use crate::table::DataError;
 pub use load::Bundle;
 pub use manifest::{FileEntry, InputEntry, Manifest};
 pub use publish::BundleWriter;
-pub use table::{Column, Table};
 pub use verify::{verify, VerifyReport};
 
 /// Name of the pointer file in the bundle root.
@@ -28,31 +27,20 @@ pub const MANIFEST: &str = "manifest.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Format { path: PathBuf, message: String },
+    /// A file of the bundle could not be read or written, or is malformed.
+    #[error(transparent)]
+    Data(#[from] DataError),
     #[error("bundle root {0} has no CURRENT version (no build has been published there)")]
     NoCurrent(PathBuf),
 }
 
 impl BundleError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        BundleError::Io {
-            path: path.into(),
-            source,
-        }
+        DataError::io(path, source).into()
     }
 
     pub fn format(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        BundleError::Format {
-            path: path.into(),
-            message: message.into(),
-        }
+        DataError::format(path, message).into()
     }
 }
 

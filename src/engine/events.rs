@@ -14,8 +14,8 @@ use crate::features::redis::unix_now_f64;
 use crate::features::streaming::{StreamEvent, StreamStore};
 use crate::sources::ScoredItem;
 
-use super::api::ApiError;
 use super::Engine;
+use crate::api::{ApiError, ErrorKind};
 
 /// Failed live trending refreshes in a row after which the build's list serves alone.
 const STALE_AFTER_FAILURES: u64 = 20;
@@ -71,12 +71,11 @@ impl Engine {
     /// the events.
     pub async fn ingest(self: &Arc<Self>, body: &[u8]) -> Result<EventsResponse, ApiError> {
         let Some(ing) = &self.ingestor else {
-            return Err(ApiError {
-                status: 503,
-                code: "events_disabled",
-                message: "event ingestion is disabled on this server (events.enabled = false)"
-                    .into(),
-            });
+            return Err(ApiError::new(
+                ErrorKind::Unavailable,
+                "events_disabled",
+                "event ingestion is disabled on this server (events.enabled = false)",
+            ));
         };
         let now = unix_now_f64();
         let catalog = &self.bundle.catalog;
@@ -94,16 +93,15 @@ impl Engine {
             })
             .collect();
         let fresh = ing.submit(batch.events).await.map_err(|e| {
-            let busy = matches!(e, IngestError::Busy(_));
-            ApiError {
-                status: 503,
-                code: if busy {
-                    "overloaded"
-                } else {
-                    "event_log_unavailable"
-                },
-                message: format!("{e}; nothing in this batch was recorded, retry it"),
-            }
+            let (kind, code) = match e {
+                IngestError::Busy(_) => (ErrorKind::Overloaded, "overloaded"),
+                _ => (ErrorKind::Unavailable, "event_log_unavailable"),
+            };
+            ApiError::new(
+                kind,
+                code,
+                format!("{e}; nothing in this batch was recorded, retry it"),
+            )
         })?;
         let stream: Vec<StreamEvent> = candidates
             .into_iter()
@@ -126,7 +124,7 @@ impl Engine {
         if events.is_empty() {
             return true;
         }
-        if let StreamStore::Redis(_) = &self.streams {
+        if let StreamStore::Redis(_) = &*self.streams {
             if !self.events_breaker.allow() {
                 return false;
             }
@@ -154,7 +152,7 @@ impl Engine {
         if self.streams.defs().trending.is_none() {
             return Ok(0);
         }
-        if matches!(self.streams, StreamStore::Redis(_)) && !self.redis_breaker.is_closed() {
+        if matches!(*self.streams, StreamStore::Redis(_)) && !self.redis_breaker.is_closed() {
             return Err("redis circuit open".into());
         }
         let ev = &self.cfg.events;
@@ -244,7 +242,7 @@ impl Engine {
             commits,
             failures,
             recovered_ids: recovered,
-            stream_store: match self.streams {
+            stream_store: match *self.streams {
                 StreamStore::Redis(_) => "redis",
                 StreamStore::Memory(_) => "memory",
             },

@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use super::log::LoggedEvent;
 use super::{type_weight, EVENT_TYPES};
-use crate::engine::api::{ApiError, Timestamp, UserId};
+#[cfg(test)]
+use crate::api::ErrorKind;
+use crate::api::{ApiError, Timestamp, UserId};
 
 /// Largest accepted explicit `weight`.
 pub const MAX_WEIGHT: f32 = 1000.0;
@@ -208,20 +210,18 @@ mod tests {
     fn batch_level_errors_fail_the_request() {
         let any = |_: u64| true;
         let e = parse_batch(b"{", 10, 0, &any).unwrap_err();
-        assert_eq!(e.status, 400);
+        assert_eq!(e.kind, ErrorKind::Malformed);
         let e = parse_batch(br#"{"events": []}"#, 10, 0, &any).unwrap_err();
-        assert_eq!(e.status, 422);
+        assert_eq!(e.kind, ErrorKind::Invalid);
         let e = parse_batch(br#"{"evnts": []}"#, 10, 0, &any).unwrap_err();
-        assert_eq!(e.status, 422);
+        assert_eq!(e.kind, ErrorKind::Invalid);
         let many: Vec<_> = (0..11)
             .map(|i| serde_json::json!({"user_id": i, "item_id": 1, "type": "click"}))
             .collect();
         let body = serde_json::json!({ "events": many }).to_string();
         assert_eq!(
-            parse_batch(body.as_bytes(), 10, 0, &any)
-                .unwrap_err()
-                .status,
-            422
+            parse_batch(body.as_bytes(), 10, 0, &any).unwrap_err().kind,
+            ErrorKind::Invalid
         );
     }
 }

@@ -42,10 +42,8 @@ pub use self::redis::{
 pub use self::stats::{FeatureStats, StatMeasure};
 pub use self::table::FeatureTable;
 
-/// File name of the embedded feature store inside a bundle directory.
-pub const EMBEDDED_FILE_NAME: &str = "online_features.arrow";
-/// File name of the serialized `Vec<FeatureStats>` inside a bundle directory.
-pub const STATS_FILE_NAME: &str = "feature_stats.json";
+/// Where the embedded feature store and the feature statistics live in a bundle.
+pub use crate::layout::{FEATURE_STATS as STATS_FILE_NAME, ONLINE_FEATURES as EMBEDDED_FILE_NAME};
 
 /// The stored features of one entity, keyed by feature name (`row.get("popularity")`). Keys
 /// are interned by the registry, so a row costs no string allocation per feature.

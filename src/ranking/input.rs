@@ -39,8 +39,9 @@ use serde::{Deserialize, Serialize};
 /// are treated as missing (the product block has a fixed width).
 pub const EMB_DIM: usize = 64;
 
-/// Number of per-source slots (ann, cf, content, trending).
-pub const N_SOURCES: usize = 4;
+/// Number of per-source slots (ann, cf, content, trending): one block of columns per source, so
+/// a new source widens the input (and needs retrained models).
+pub const N_SOURCES: usize = crate::sources::N_SOURCES;
 
 /// Number of floats in one ranker input row.
 pub const INPUT_DIM: usize = col::PROMOTED + 1;
@@ -168,9 +169,9 @@ pub fn feature_names() -> Vec<String> {
     ] {
         names.push(n.to_string());
     }
-    const SOURCES: [&str; N_SOURCES] = ["ann", "cf", "content", "trending"];
-    names.extend(SOURCES.iter().map(|s| format!("src_score_{s}")));
-    names.extend(SOURCES.iter().map(|s| format!("src_bit_{s}")));
+    let sources = crate::sources::SourceId::ALL.map(|s| s.name());
+    names.extend(sources.iter().map(|s| format!("src_score_{s}")));
+    names.extend(sources.iter().map(|s| format!("src_bit_{s}")));
     for n in [
         "n_sources",
         "merged_score",

@@ -8,6 +8,7 @@
 pub mod combine;
 pub mod controller;
 pub mod cost;
+pub mod encode;
 pub mod ensemble;
 pub mod input;
 pub mod models;
@@ -24,10 +25,7 @@ use serde::{Deserialize, Serialize};
 use input::{INPUT_DIM, INPUT_LAYOUT_VERSION};
 use models::{Net, NetConfig};
 
-/// Name of the ranker manifest inside a bundle directory.
-pub const RANKERS_MANIFEST_FILE: &str = "rankers.json";
-/// Bundle subdirectory holding the weights files.
-pub const RANKERS_DIR: &str = "rankers";
+pub use crate::layout::{RANKERS_DIR, RANKERS_MANIFEST as RANKERS_MANIFEST_FILE};
 
 /// Errors from scoring or loading rankers.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@ use super::ensemble::{segment_name, EnsembleManifest};
 use super::input::INPUT_DIM;
 use super::select::{self, ModelOption, Problem, SkipReason};
 use super::{Arch, RankError, Ranker, RankerMetrics, RankersManifest};
-use crate::engine::breaker::{Breaker, BreakerConfig};
+use crate::breaker::{Breaker, BreakerConfig};
 
 /// How single models are compared when one must be picked (pinned fallback, batch
 /// recommendations): validation AUC first, NDCG@20 to break ties. AUC is computed over every

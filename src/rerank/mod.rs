@@ -117,33 +117,27 @@ pub enum RuleName {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct CategoryCapConfig {
     /// The window the cap applies to (the first `top_n` positions).
-    #[serde(default = "d_top")]
     pub top_n: usize,
-    #[serde(default = "d_cap")]
     pub max_per_category: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct FreshnessConfig {
-    #[serde(default = "d_top")]
     pub top_n: usize,
     /// At least this many fresh items in the window, when that many exist.
-    #[serde(default = "d_min_fresh")]
     pub min_fresh: usize,
     /// An item is fresh when published within this many days of "now".
-    #[serde(default = "d_window")]
     pub window_days: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct PromotedConfig {
     /// Score multiplier of promoted items.
-    #[serde(default = "d_boost")]
     pub boost: f32,
 }
 
@@ -197,16 +191,12 @@ impl Default for PromotedConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RerankConfig {
     /// Rules in the order they run. `policy`, `seen` and `filters` are mandatory.
-    #[serde(default = "d_order")]
     pub order: Vec<RuleName>,
-    #[serde(default)]
     pub category_cap: CategoryCapConfig,
-    #[serde(default)]
     pub freshness: FreshnessConfig,
-    #[serde(default)]
     pub promoted: PromotedConfig,
 }
 

@@ -4,7 +4,7 @@
 use axum::http::HeaderMap;
 use sha2::{Digest, Sha256};
 
-use crate::engine::api::ApiError;
+use crate::api::{ApiError, ErrorKind};
 
 /// The accepted keys of one route; empty = the route is open.
 #[derive(Clone, Default)]
@@ -70,11 +70,7 @@ impl KeySet {
 }
 
 fn unauthorized(message: &str) -> ApiError {
-    ApiError {
-        status: 401,
-        code: "unauthorized",
-        message: message.into(),
-    }
+    ApiError::new(ErrorKind::Unauthorized, "unauthorized", message)
 }
 
 #[cfg(test)]
@@ -99,16 +95,19 @@ mod tests {
         assert_eq!(
             set.check(&with("Bearer k-0123456789abcdeF"))
                 .unwrap_err()
-                .status,
-            401
+                .kind,
+            ErrorKind::Unauthorized
         );
         assert_eq!(
             set.check(&with("Basic k-0123456789abcdef"))
                 .unwrap_err()
-                .status,
-            401
+                .kind,
+            ErrorKind::Unauthorized
         );
-        assert_eq!(set.check(&HeaderMap::new()).unwrap_err().status, 401);
+        assert_eq!(
+            set.check(&HeaderMap::new()).unwrap_err().kind,
+            ErrorKind::Unauthorized
+        );
         assert!(KeySet::default().check(&HeaderMap::new()).is_ok());
         assert!(!format!("{set:?}").contains("0123"));
     }

@@ -19,19 +19,34 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use crate::engine::api::{ApiError, RecommendRequest};
+use crate::api::{ApiError, ErrorKind, RecommendRequest};
 use crate::engine::Engine;
 
 use self::auth::KeySet;
 
+/// The HTTP status of each kind of failure: the one place that mapping lives.
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Malformed => StatusCode::BAD_REQUEST,
+        ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Timeout => StatusCode::REQUEST_TIMEOUT,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorKind::Unavailable | ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = status_of(self.kind);
         let body = serde_json::json!({ "code": self.code, "message": self.message });
         let mut resp = (status, Json(body)).into_response();
         // The body of a request refused for its size or its slowness may still be on the wire:
         // close rather than read it.
-        if matches!(self.status, 408 | 413) {
+        if matches!(self.kind, ErrorKind::Timeout | ErrorKind::TooLarge) {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -170,16 +185,16 @@ async fn read_body(
     let result = tokio::time::timeout(timeout, read)
         .await
         .unwrap_or_else(|_| {
-            Err(ApiError {
-                status: 408,
-                code: "request_timeout",
-                message: format!(
+            Err(ApiError::new(
+                ErrorKind::Timeout,
+                "request_timeout",
+                format!(
                     "the request body did not arrive within {} ms",
                     timeout.as_millis()
                 ),
-            })
+            ))
         });
-    if matches!(&result, Err(e) if e.status == 413)
+    if matches!(&result, Err(e) if e.kind == ErrorKind::TooLarge)
         && declared.is_none_or(|n| n <= DRAIN_MAX_BYTES as u64)
     {
         let drain = async {
@@ -205,21 +220,19 @@ async fn readyz(State(s): State<AppState>) -> Json<crate::engine::Readiness> {
 }
 
 async fn not_found() -> ApiError {
-    ApiError {
-        status: 404,
-        code: "not_found",
-        message:
-            "no such route; try POST /v1/recommend, POST /v1/events, GET /healthz or GET /readyz"
-                .into(),
-    }
+    ApiError::new(
+        ErrorKind::NotFound,
+        "not_found",
+        "no such route; try POST /v1/recommend, POST /v1/events, GET /healthz or GET /readyz",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError {
-        status: 405,
-        code: "method_not_allowed",
-        message: "method not allowed on this route".into(),
-    }
+    ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
 }
 
 async fn recommend(State(s): State<AppState>, req: Request) -> Response {

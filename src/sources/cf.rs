@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::{top_k, CandidateSource, RetrievalQuery, ScoredItem, SourceError, SourceId};
-use crate::bundle::{BundleError, Column, Table};
+use crate::table::{Column, DataError, Table};
 use crate::ItemIdx;
 
 /// How many recent items seed the lookup, and how fast older ones fade.
@@ -58,7 +58,7 @@ impl CfNeighbors {
             .map(|(&item, &score)| ScoredItem { item, score })
     }
 
-    pub fn save(&self, path: &Path) -> Result<(), BundleError> {
+    pub fn save(&self, path: &Path) -> Result<(), DataError> {
         let mut items = Vec::with_capacity(self.neighbors.len());
         for i in 0..self.n_items() {
             let n = (self.offsets[i + 1] - self.offsets[i]) as usize;
@@ -72,9 +72,9 @@ impl CfNeighbors {
             .write(path)
     }
 
-    pub fn load(path: &Path) -> Result<Self, BundleError> {
+    pub fn load(path: &Path) -> Result<Self, DataError> {
         let mut t = Table::read(path)?;
-        let bad = |m: String| BundleError::format(path, m);
+        let bad = |m: String| DataError::format(path, m);
         let n = t.meta_usize("n_items").map_err(bad)?;
         let items = t.take_u32("item").map_err(bad)?;
         let neighbors = t.take_u32("neighbor").map_err(bad)?;

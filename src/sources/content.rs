@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::{top_k, CandidateSource, RetrievalQuery, ScoredItem, SourceError, SourceId};
-use crate::bundle::{BundleError, Column, Table};
+use crate::table::{Column, DataError, Table};
 
 /// How many of the user's top categories are searched.
 const TOP_CATEGORIES: usize = 6;
@@ -52,7 +52,7 @@ impl CategoryIndex {
             .map(|(&item, &score)| ScoredItem { item, score })
     }
 
-    pub fn save(&self, path: &Path) -> Result<(), BundleError> {
+    pub fn save(&self, path: &Path) -> Result<(), DataError> {
         let mut cats = Vec::with_capacity(self.items.len());
         for c in 0..self.n_categories() {
             let n = (self.offsets[c + 1] - self.offsets[c]) as usize;
@@ -66,9 +66,9 @@ impl CategoryIndex {
             .write(path)
     }
 
-    pub fn load(path: &Path, n_items: usize) -> Result<Self, BundleError> {
+    pub fn load(path: &Path, n_items: usize) -> Result<Self, DataError> {
         let mut t = Table::read(path)?;
-        let bad = |m: String| BundleError::format(path, m);
+        let bad = |m: String| DataError::format(path, m);
         let n = t.meta_usize("n_categories").map_err(bad)?;
         let cats = t.take_u32("category").map_err(bad)?;
         let items = t.take_u32("item").map_err(bad)?;

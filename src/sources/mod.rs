@@ -46,38 +46,38 @@ impl SourceId {
     }
 }
 
-/// How many candidates each source may propose per request.
+/// How many sources there are: the width of per-source arrays.
+pub const N_SOURCES: usize = SourceId::ALL.len();
+
+/// How many candidates each source may propose per request (`[retrieval.quotas]`; `Default`
+/// holds the defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SourceQuotas {
-    #[serde(default = "q_ann")]
     pub ann: usize,
-    #[serde(default = "q_cf")]
     pub cf: usize,
-    #[serde(default = "q_content")]
     pub content: usize,
-    #[serde(default = "q_trending")]
     pub trending: usize,
 }
-const fn q_ann() -> usize {
-    200
-}
-const fn q_cf() -> usize {
-    150
-}
-const fn q_content() -> usize {
-    100
-}
-const fn q_trending() -> usize {
-    50
-}
+
 impl Default for SourceQuotas {
     fn default() -> Self {
         Self {
-            ann: q_ann(),
-            cf: q_cf(),
-            content: q_content(),
-            trending: q_trending(),
+            ann: 200,
+            cf: 150,
+            content: 100,
+            trending: 50,
+        }
+    }
+}
+
+impl SourceQuotas {
+    pub fn get(&self, id: SourceId) -> usize {
+        match id {
+            SourceId::Ann => self.ann,
+            SourceId::Cf => self.cf,
+            SourceId::Content => self.content,
+            SourceId::Trending => self.trending,
         }
     }
 }
@@ -115,6 +115,11 @@ pub enum SourceError {
 /// One retriever. Implementations are cheap to call concurrently.
 pub trait CandidateSource: Send + Sync {
     fn id(&self) -> SourceId;
+    /// Whether the source reads the user's features. One that does not (trending) starts while
+    /// the features are still being fetched.
+    fn needs_user(&self) -> bool {
+        true
+    }
     /// Up to `quota` allowed items, best first.
     fn retrieve(
         &self,

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use super::{CandidateSource, RetrievalQuery, ScoredItem, SourceError, SourceId};
-use crate::bundle::{BundleError, Column, Table};
+use crate::table::{Column, DataError, Table};
 
 /// Items by decreasing trending score.
 #[derive(Debug, Clone, Default)]
@@ -26,7 +26,7 @@ impl TrendingList {
         &self.items
     }
 
-    pub fn save(&self, path: &Path) -> Result<(), BundleError> {
+    pub fn save(&self, path: &Path) -> Result<(), DataError> {
         Table::new()
             .with(
                 "item",
@@ -39,9 +39,9 @@ impl TrendingList {
             .write(path)
     }
 
-    pub fn load(path: &Path, n_items: usize) -> Result<Self, BundleError> {
+    pub fn load(path: &Path, n_items: usize) -> Result<Self, DataError> {
         let mut t = Table::read(path)?;
-        let bad = |m: String| BundleError::format(path, m);
+        let bad = |m: String| DataError::format(path, m);
         let items = t.take_u32("item").map_err(bad)?;
         let scores = t.take_f32("score").map_err(bad)?;
         if let Some(&i) = items.iter().find(|&&i| i as usize >= n_items) {
@@ -195,6 +195,10 @@ impl TrendingSource {
 }
 
 impl CandidateSource for TrendingSource {
+    fn needs_user(&self) -> bool {
+        false
+    }
+
     fn id(&self) -> SourceId {
         SourceId::Trending
     }

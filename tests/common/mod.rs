@@ -2,8 +2,8 @@
 //! synthetic data, and a real HTTP server on a loopback port.
 #![allow(dead_code)] // each test binary uses its own subset
 
-#[path = "../../index-builder/tests/common/redis.rs"]
-pub mod redis;
+#[allow(unused_imports)] // not every test binary starts a redis-server
+pub use funnel_testkit::redis;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,9 @@
 //! Columnar artifact tables stored as Arrow IPC files: the one format for every tabular artifact in
 //! a bundle (catalog, embeddings, CF neighbours, trending, popularity, batch recommendations).
 //! Readers validate types and lengths and return errors, never panic, on a corrupt file.
+//!
+//! It sits beside the bundle, not inside it: the components that own their artifacts (sources,
+//! catalog) read and write tables without depending on the bundle loader.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -16,7 +19,36 @@ use arrow::datatypes::{DataType, Field, Schema};
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 
-use super::BundleError;
+use std::path::PathBuf;
+
+/// A data file that could not be read or written, or is malformed; always names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Format { path: PathBuf, message: String },
+}
+
+impl DataError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        DataError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn format(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        DataError::Format {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
 
 /// One column's values.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,13 +122,13 @@ impl Table {
         self.columns.first().map(|(_, c)| c.len()).unwrap_or(0)
     }
 
-    pub fn write(&self, path: &Path) -> Result<(), BundleError> {
+    pub fn write(&self, path: &Path) -> Result<(), DataError> {
         let rows = self.rows();
         let mut fields = Vec::new();
         let mut arrays: Vec<ArrayRef> = Vec::new();
         for (name, col) in &self.columns {
             if col.len() != rows {
-                return Err(BundleError::format(
+                return Err(DataError::format(
                     path,
                     format!("column {name} has {} rows, expected {rows}", col.len()),
                 ));
@@ -110,7 +142,7 @@ impl Table {
                 Column::Utf8(v) => (DataType::Utf8, Arc::new(StringArray::from(v.clone()))),
                 Column::F32Vec { dim, values } => {
                     let dim_i = i32::try_from(*dim)
-                        .map_err(|_| BundleError::format(path, "vector dim too large"))?;
+                        .map_err(|_| DataError::format(path, "vector dim too large"))?;
                     let item = Arc::new(Field::new("item", DataType::Float32, false));
                     let arr = FixedSizeListArray::try_new(
                         item.clone(),
@@ -118,7 +150,7 @@ impl Table {
                         Arc::new(Float32Array::from(values.clone())),
                         None,
                     )
-                    .map_err(|e| BundleError::format(path, format!("column {name}: {e}")))?;
+                    .map_err(|e| DataError::format(path, format!("column {name}: {e}")))?;
                     (DataType::FixedSizeList(item, dim_i), Arc::new(arr))
                 }
             };
@@ -131,24 +163,23 @@ impl Table {
             RecordBatch::new_empty(schema.clone())
         } else {
             RecordBatch::try_new(schema.clone(), arrays)
-                .map_err(|e| BundleError::format(path, format!("record batch: {e}")))?
+                .map_err(|e| DataError::format(path, format!("record batch: {e}")))?
         };
-        let file = File::create(path).map_err(|e| BundleError::io(path, e))?;
+        let file = File::create(path).map_err(|e| DataError::io(path, e))?;
         let mut w = FileWriter::try_new(BufWriter::new(file), &schema)
-            .map_err(|e| BundleError::format(path, format!("arrow writer: {e}")))?;
+            .map_err(|e| DataError::format(path, format!("arrow writer: {e}")))?;
         w.write(&batch)
-            .map_err(|e| BundleError::format(path, format!("arrow write: {e}")))?;
+            .map_err(|e| DataError::format(path, format!("arrow write: {e}")))?;
         w.finish()
-            .map_err(|e| BundleError::format(path, format!("arrow finish: {e}")))?;
+            .map_err(|e| DataError::format(path, format!("arrow finish: {e}")))?;
         Ok(())
     }
 
     /// Reads a table written by [`Table::write`] (all batches concatenated).
-    pub fn read(path: &Path) -> Result<Table, BundleError> {
-        let file = File::open(path).map_err(|e| BundleError::io(path, e))?;
-        let reader = FileReader::try_new(BufReader::new(file), None).map_err(|e| {
-            BundleError::format(path, format!("not a readable Arrow IPC file: {e}"))
-        })?;
+    pub fn read(path: &Path) -> Result<Table, DataError> {
+        let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+        let reader = FileReader::try_new(BufReader::new(file), None)
+            .map_err(|e| DataError::format(path, format!("not a readable Arrow IPC file: {e}")))?;
         let schema = reader.schema();
         let mut columns: Vec<(String, Column)> = schema
             .fields()
@@ -165,20 +196,20 @@ impl Table {
                         dim: (*d).max(0) as usize,
                         values: Vec::new(),
                     }),
-                    other => Err(BundleError::format(
+                    other => Err(DataError::format(
                         path,
                         format!("column {}: unsupported type {other}", f.name()),
                     )),
                 }?;
                 Ok((f.name().clone(), empty))
             })
-            .collect::<Result<_, BundleError>>()?;
+            .collect::<Result<_, DataError>>()?;
         for batch in reader {
             let batch =
-                batch.map_err(|e| BundleError::format(path, format!("corrupt Arrow data: {e}")))?;
+                batch.map_err(|e| DataError::format(path, format!("corrupt Arrow data: {e}")))?;
             for (i, (name, col)) in columns.iter_mut().enumerate() {
                 append(col, batch.column(i).as_ref())
-                    .map_err(|m| BundleError::format(path, format!("column {name}: {m}")))?;
+                    .map_err(|m| DataError::format(path, format!("column {name}: {m}")))?;
             }
         }
         let metadata = schema

@@ -1,6 +1,5 @@
 //! A throwaway `redis-server` for tests: an ephemeral loopback port (never the developer's 6379),
 //! an empty temp dir, killed on drop.
-#![allow(dead_code)] // each test binary uses its own subset
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

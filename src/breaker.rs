@@ -10,13 +10,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BreakerConfig {
     /// Consecutive failures that open the breaker.
-    #[serde(default = "d_threshold")]
     pub failure_threshold: u32,
     /// How long an open breaker skips calls before letting one probe through.
-    #[serde(default = "d_open")]
     pub open_ms: u64,
 }
 

@@ -1,16 +1,15 @@
-//! A request resolved against the bundle: dense item indices, the user's query state built from
-//! their online features and session, the item filter, the seen set, and the item-facts view the
-//! re-rank rules read (bundle catalog plus online overrides).
+//! The sources' query: the user's online features and session turned into what retrieval reads
+//! (query embedding, recent items, category preferences), plus the seen set and the filter that
+//! decide what any stage may serve.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use crate::bundle::Bundle;
-use crate::features::online::{ItemOverride, UserFeatures};
-use crate::rerank::{ItemFacts, ItemFactsSource, ItemFilter};
+use crate::features::online::UserFeatures;
+use crate::rerank::{ItemFacts, ItemFilter};
 use crate::sources::ann::dot;
+use crate::sources::RetrievalQuery;
 use crate::ItemIdx;
-
-use super::api::{ApiError, Filters};
 
 /// How many of the newest streamed (post-build) engagements join the session in the query.
 pub const STREAM_QUERY_ITEMS: usize = 10;
@@ -45,49 +44,19 @@ impl QueryState {
                 })
         })
     }
-}
 
-/// Resolves the request's filter to catalog indices. An unknown category in `categories_any`
-/// is a client error (it could only ever match nothing); in `categories_none` it is harmless.
-pub fn resolve_filter(
-    bundle: &Bundle,
-    f: &Filters,
-    published_after: Option<i64>,
-) -> Result<ItemFilter, ApiError> {
-    let any = match &f.categories_any {
-        Some(names) => {
-            let mut idx = Vec::with_capacity(names.len());
-            for n in names {
-                match bundle.catalog.category_idx(n) {
-                    Some(c) => idx.push(c),
-                    None => {
-                        let some: Vec<&str> = bundle
-                            .catalog
-                            .categories
-                            .iter()
-                            .take(8)
-                            .map(String::as_str)
-                            .collect();
-                        return Err(ApiError::invalid(format!(
-                            "filters.categories_any: unknown category {n:?} (known include {some:?})"
-                        )));
-                    }
-                }
-            }
-            Some(idx)
+    /// The sources' view of this query; `allow` is usually `|i| self.allows(bundle, i)`.
+    pub fn retrieval<'a>(
+        &'a self,
+        allow: &'a (dyn Fn(ItemIdx) -> bool + Sync),
+    ) -> RetrievalQuery<'a> {
+        RetrievalQuery {
+            embedding: self.embedding.as_deref(),
+            recent_items: &self.recent,
+            category_prefs: &self.prefs,
+            allow,
         }
-        None => None,
-    };
-    Ok(ItemFilter {
-        categories_any: any,
-        categories_none: f
-            .categories_none
-            .iter()
-            .filter_map(|n| bundle.catalog.category_idx(n))
-            .collect(),
-        creators_none: f.creators_none.iter().copied().collect(),
-        published_after,
-    })
+    }
 }
 
 /// Builds the sources' query state for a user (`features` None = cold or unknown user).
@@ -219,24 +188,4 @@ fn mean_embedding(bundle: &Bundle, items: &[ItemIdx]) -> Option<Vec<f32>> {
         acc.iter_mut().for_each(|a| *a /= n as f32);
         acc
     })
-}
-
-/// The re-rank rules' view of items: the bundle's catalog with online overrides on top.
-pub struct ItemView<'a> {
-    pub bundle: &'a Bundle,
-    pub overrides: &'a HashMap<ItemIdx, ItemOverride>,
-}
-
-impl ItemFactsSource for ItemView<'_> {
-    fn facts(&self, item: ItemIdx) -> Option<ItemFacts<'_>> {
-        let it = self.bundle.catalog.get(item)?;
-        let o = self.overrides.get(&item).copied().unwrap_or_default();
-        Some(ItemFacts {
-            flagged: o.flagged.unwrap_or(it.flagged),
-            promoted: o.promoted.unwrap_or(it.promoted),
-            published_at: o.published_at.unwrap_or(it.published_at),
-            categories: &it.categories,
-            creator_id: it.creator_id,
-        })
-    }
 }

@@ -9,43 +9,59 @@ use serde::{Deserialize, Serialize};
 use crate::config::ServerConfig;
 use crate::ranking::combine::Strategy;
 
-/// An error a client can act on: HTTP status, stable code, human message.
+/// What kind of failure a client is told about. The engine says what went wrong; only the HTTP
+/// surface (`server/`) decides which status that is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The body is not what it claims to be (not JSON, unreadable).
+    Malformed,
+    /// Well-formed, but it breaks the schema or a limit.
+    Invalid,
+    Unauthorized,
+    TooLarge,
+    /// The client did not send its request in time.
+    Timeout,
+    NotFound,
+    MethodNotAllowed,
+    /// A part the request needs is switched off or down (retrying later may help).
+    Unavailable,
+    /// Too much work queued; nothing was done, retry.
+    Overloaded,
+    Internal,
+}
+
+/// An error a client can act on: its kind, a stable code, a human message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ApiError {
-    pub status: u16,
+    pub kind: ErrorKind,
     pub code: &'static str,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn malformed(message: impl Into<String>) -> Self {
+    pub fn new(kind: ErrorKind, code: &'static str, message: impl Into<String>) -> Self {
         Self {
-            status: 400,
-            code: "malformed_json",
+            kind,
+            code,
             message: message.into(),
         }
+    }
+    pub fn malformed(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Malformed, "malformed_json", message)
     }
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self {
-            status: 422,
-            code: "invalid_request",
-            message: message.into(),
-        }
+        Self::new(ErrorKind::Invalid, "invalid_request", message)
     }
     pub fn too_large(limit: usize) -> Self {
-        Self {
-            status: 413,
-            code: "payload_too_large",
-            message: format!("request body exceeds {limit} bytes"),
-        }
+        Self::new(
+            ErrorKind::TooLarge,
+            "payload_too_large",
+            format!("request body exceeds {limit} bytes"),
+        )
     }
     pub fn internal(message: impl Into<String>) -> Self {
-        Self {
-            status: 500,
-            code: "internal",
-            message: message.into(),
-        }
+        Self::new(ErrorKind::Internal, "internal", message)
     }
 }
 
@@ -157,7 +173,7 @@ pub const MAX_K: i64 = 100;
 
 impl RecommendRequest {
     /// Parses a body: 400 when it is not JSON, 422 when it breaks the schema or the limits.
-    pub fn parse(body: &[u8], limits: &ServerConfig) -> Result<Self, ApiError> {
+    pub fn parse(body: &[u8], limits: &ServerConfig) -> Result<ValidRequest, ApiError> {
         let req: RecommendRequest = serde_json::from_slice(body).map_err(|e| {
             use serde_json::error::Category;
             match e.classify() {
@@ -167,11 +183,11 @@ impl RecommendRequest {
                 Category::Data => ApiError::invalid(e.to_string()),
             }
         })?;
-        req.validate(limits)?;
-        Ok(req)
+        req.validate(limits)
     }
 
-    pub fn validate(&self, limits: &ServerConfig) -> Result<(), ApiError> {
+    /// Checks every limit and parses the timestamps, once: the pipeline takes only the result.
+    pub fn validate(self, limits: &ServerConfig) -> Result<ValidRequest, ApiError> {
         if let UserId::Str(s) = &self.user_id {
             if s.trim().is_empty() {
                 return Err(ApiError::invalid("user_id must not be empty"));
@@ -205,12 +221,18 @@ impl RecommendRequest {
                 return Err(ApiError::invalid("context.device is longer than 64 bytes"));
             }
         }
-        if let Some(t) = &self.context.timestamp {
-            t.to_unix("context.timestamp")?;
-        }
-        if let Some(t) = &self.filters.published_after {
-            t.to_unix("filters.published_after")?;
-        }
+        let timestamp = self
+            .context
+            .timestamp
+            .as_ref()
+            .map(|t| t.to_unix("context.timestamp"))
+            .transpose()?;
+        let published_after = self
+            .filters
+            .published_after
+            .as_ref()
+            .map(|t| t.to_unix("filters.published_after"))
+            .transpose()?;
         let f = &self.filters;
         let n_filter = f.categories_any.as_ref().map_or(0, Vec::len)
             + f.categories_none.len()
@@ -250,7 +272,29 @@ impl RecommendRequest {
                 )));
             }
         }
-        Ok(())
+        Ok(ValidRequest {
+            req: self,
+            timestamp,
+            published_after,
+        })
+    }
+}
+
+/// A request that passed [`RecommendRequest::validate`], with its timestamps parsed. Only this
+/// type enters the pipeline, so no stage re-checks or re-parses the request.
+#[derive(Debug, Clone)]
+pub struct ValidRequest {
+    req: RecommendRequest,
+    /// `context.timestamp` as unix seconds.
+    pub timestamp: Option<i64>,
+    /// `filters.published_after` as unix seconds.
+    pub published_after: Option<i64>,
+}
+
+impl std::ops::Deref for ValidRequest {
+    type Target = RecommendRequest;
+    fn deref(&self) -> &RecommendRequest {
+        &self.req
     }
 }
 
@@ -296,12 +340,17 @@ pub struct ItemOut {
     pub model_scores: Option<BTreeMap<String, f32>>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct SourceTimings {
-    pub ann: f64,
-    pub cf: f64,
-    pub content: f64,
-    pub trending: f64,
+/// Source name → wall time from its launch (every configured source, 0 when not called).
+pub type SourceTimings = BTreeMap<String, f64>;
+
+/// What one pipeline stage did for a request: its time and how many items went in and out
+/// (`explain.stages`, in the order the stages ran).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageReport {
+    pub stage: String,
+    pub ms: f64,
+    pub items_in: usize,
+    pub items_out: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -333,6 +382,9 @@ pub struct Explain {
     pub now: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ensemble: Option<EnsembleExplain>,
+    /// Each stage's time and item counts, in the order they ran.
+    #[serde(default)]
+    pub stages: Vec<StageReport>,
 }
 
 /// How the ensemble for this request was chosen and combined.
@@ -390,35 +442,41 @@ pub struct RecommendResponse {
 mod tests {
     use super::*;
 
-    fn parse(s: &str) -> Result<RecommendRequest, ApiError> {
+    fn parse(s: &str) -> Result<ValidRequest, ApiError> {
         RecommendRequest::parse(s.as_bytes(), &ServerConfig::default())
     }
 
     #[test]
     fn statuses() {
-        assert_eq!(parse("{").unwrap_err().status, 400);
-        assert_eq!(parse("not json").unwrap_err().status, 400);
-        assert_eq!(parse(r#"{"k": 5}"#).unwrap_err().status, 422);
-        assert_eq!(parse(r#"{"user_id": ""}"#).unwrap_err().status, 422);
+        assert_eq!(parse("{").unwrap_err().kind, ErrorKind::Malformed);
+        assert_eq!(parse("not json").unwrap_err().kind, ErrorKind::Malformed);
+        assert_eq!(parse(r#"{"k": 5}"#).unwrap_err().kind, ErrorKind::Invalid);
         assert_eq!(
-            parse(r#"{"user_id": "1", "k": 0}"#).unwrap_err().status,
-            422
+            parse(r#"{"user_id": ""}"#).unwrap_err().kind,
+            ErrorKind::Invalid
         );
         assert_eq!(
-            parse(r#"{"user_id": "1", "k": 101}"#).unwrap_err().status,
-            422
+            parse(r#"{"user_id": "1", "k": 0}"#).unwrap_err().kind,
+            ErrorKind::Invalid
         );
         assert_eq!(
-            parse(r#"{"user_id": "1", "bogus": 1}"#).unwrap_err().status,
-            422
+            parse(r#"{"user_id": "1", "k": 101}"#).unwrap_err().kind,
+            ErrorKind::Invalid
         );
-        assert_eq!(parse(r#"{"user_id": -3}"#).unwrap_err().status, 422);
+        assert_eq!(
+            parse(r#"{"user_id": "1", "bogus": 1}"#).unwrap_err().kind,
+            ErrorKind::Invalid
+        );
+        assert_eq!(
+            parse(r#"{"user_id": -3}"#).unwrap_err().kind,
+            ErrorKind::Invalid
+        );
         let many: Vec<u64> = (0..51).collect();
         let body =
             serde_json::json!({"user_id": 1, "context": {"session_items": many}}).to_string();
-        assert_eq!(parse(&body).unwrap_err().status, 422);
+        assert_eq!(parse(&body).unwrap_err().kind, ErrorKind::Invalid);
         let bad_ts = r#"{"user_id": 1, "filters": {"published_after": "yesterday"}}"#;
-        assert_eq!(parse(bad_ts).unwrap_err().status, 422);
+        assert_eq!(parse(bad_ts).unwrap_err().kind, ErrorKind::Invalid);
         let ok = parse(r#"{"user_id": "42", "context": {"timestamp": "2020-01-01T00:00:00Z"}}"#)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(ok.user_id.as_u64(), Some(42));

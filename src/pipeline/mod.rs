@@ -1,0 +1,183 @@
+//! The online funnel as stages, in the order data flows: request context → user features ∥
+//! retrieval → merge → fallback fill → item features → rank → re-rank → response. Each stage is
+//! one struct that owns its state and its slice of the config; [`Pipeline::run`] is that list.
+//!
+//! Sources that need no user (trending) start at once, concurrently with the feature fetch; the
+//! others start the moment the features land (they are the query). Sources and ranking run off
+//! the async reactor, bounded, each under its own time slice of the request budget. What fails or
+//! is late is left out, and the response's `degradation` says how far down the fallback chain
+//! the answer came from.
+
+pub mod context;
+pub mod fallback;
+pub mod features;
+pub mod item_features;
+pub mod merge;
+pub mod query;
+pub mod rank;
+pub mod report;
+pub mod rerank;
+pub mod response;
+pub mod retrieval;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::api::{ApiError, Degradation, Explain, RecommendResponse, Timings, ValidRequest};
+use crate::bundle::Bundle;
+use crate::features::online::UserFeatures;
+
+use self::context::{RequestCtx, RequestStage};
+use self::fallback::FallbackStage;
+use self::features::FeatureStage;
+use self::item_features::ItemFeatureStage;
+use self::merge::MergeStage;
+use self::query::{query_state, QueryState};
+use self::rank::RankStage;
+use self::report::Reports;
+use self::rerank::RerankStage;
+use self::retrieval::{Phase, SourceSet};
+
+/// The stages, wired to one bundle.
+pub struct Pipeline {
+    pub bundle: Arc<Bundle>,
+    pub context: RequestStage,
+    pub features: FeatureStage,
+    pub retrieval: SourceSet,
+    /// Weight of the session's mean embedding in the ANN query.
+    pub session_blend: f32,
+    pub merge: MergeStage,
+    pub fallback: FallbackStage,
+    pub items: ItemFeatureStage,
+    pub rank: RankStage,
+    pub rerank: RerankStage,
+}
+
+impl Pipeline {
+    /// Runs the funnel for one request.
+    pub async fn run(
+        &self,
+        req: ValidRequest,
+        request_id: String,
+    ) -> Result<RecommendResponse, ApiError> {
+        let t0 = Instant::now();
+        let b = &self.bundle;
+        let mut rep = Reports::default();
+        let ctx = self.context.resolve(b, &req, t0)?;
+
+        // User features ∥ retrieval: what needs no user is launched before the fetch.
+        let t_sources = Instant::now();
+        let mut jobs = self
+            .retrieval
+            .launch(Phase::WithoutUser, b, &self.query(&ctx, None));
+        let t = Instant::now();
+        let user = self.features.fetch(b, ctx.user_id).await;
+        let found = usize::from(user.features.is_some());
+        let features_ms = rep.stage("features", t, usize::from(ctx.user_id.is_some()), found);
+        let q = self.query(&ctx, user.features.as_ref());
+        jobs.extend(self.retrieval.launch(Phase::WithUser, b, &q));
+        let launched = jobs.len();
+        let got = self.retrieval.collect(jobs, ctx.deadline).await;
+        let retrieved = got.items();
+        rep.stage("retrieval", t_sources, launched, retrieved);
+        let mut explain = Explain {
+            user_known: user.features.as_ref().is_some_and(UserFeatures::from_build),
+            history_len: user.features.as_ref().map_or(0, |f| f.history_len),
+            now: ctx.now,
+            per_source: got.counts,
+            source_problems: got.problems,
+            ..Explain::default()
+        };
+
+        let t = Instant::now();
+        let merged = self.merge.run(&got.per_source);
+        let merge_ms = rep.stage("merge", t, retrieved, merged.len());
+        let (t, n_merged) = (Instant::now(), merged.len());
+        let cands = self
+            .fallback
+            .fill(b, merged, user.features.as_ref(), &q, ctx.k);
+        let fill_ms = rep.stage("fallback", t, n_merged, cands.list.len());
+        explain.candidates = cands.list.len();
+
+        let t = Instant::now();
+        let (overrides, items_stale) = self.items.fetch(b, &cands.list, ctx.deadline).await;
+        let items_ms = rep.stage("item_features", t, cands.list.len(), overrides.len());
+        let mut level = match user.stale || items_stale {
+            true => Degradation::StaleFeatures,
+            false => Degradation::Full,
+        };
+        if let Some(backup) = cands.backup {
+            level = level.max(backup.degradation());
+        }
+
+        // Retrieval candidates go through the ensemble; backup lists keep their own order.
+        let t = Instant::now();
+        let overrides = Arc::new(overrides);
+        let (f, over) = (user.features.as_ref(), &req.ranking);
+        let ranked = match level <= Degradation::StaleFeatures {
+            true => Some(
+                self.rank
+                    .run(b, &ctx, f, &cands.list, &overrides, over)
+                    .await,
+            ),
+            false => None,
+        };
+        let (mut scores, mut confidence, mut model_scores) = (None, Vec::new(), Vec::new());
+        if let Some(r) = ranked {
+            if r.scores.is_none() {
+                level = level.max(Degradation::SimpleRanking);
+            }
+            (scores, confidence, model_scores) = (r.scores, r.confidence, r.model_scores);
+            (explain.ranker, explain.ensemble) = (Some(r.ranker), r.ensemble);
+        }
+        let scored = scores.as_ref().map_or(0, Vec::len);
+        let scores = scores.unwrap_or_else(|| cands.list.iter().map(|c| c.score).collect());
+        let rank_ms = rep.stage("rank", t, cands.list.len(), scored);
+
+        let t = Instant::now();
+        let (c, o) = (&cands.list, &cands.origins);
+        let list = self
+            .rerank
+            .run(b, c, o, &scores, &overrides, &q, ctx.now, ctx.k);
+        let rerank_ms = rep.stage("rerank", t, c.len(), list.len());
+        let (t, n_list) = (Instant::now(), list.len());
+        let items = response::items(&b.catalog, list, c, &confidence, &model_scores, ctx.explain);
+        rep.stage("response", t, n_list, items.len());
+
+        let timings = Timings {
+            features: features_ms,
+            item_features: items_ms,
+            sources: got.ms,
+            merge: merge_ms + fill_ms,
+            rank: rank_ms,
+            rerank: rerank_ms,
+            total: report::ms(t0.elapsed()),
+        };
+        self.rank.observe_total(timings.total);
+        explain.stages = rep.stages;
+        Ok(RecommendResponse {
+            request_id,
+            bundle_version: b.manifest.version.clone(),
+            degradation: level,
+            items,
+            timings_ms: timings,
+            explain: ctx.explain.then_some(explain),
+        })
+    }
+
+    /// The sources' query for this request (`features` None: before they land, or cold).
+    fn query(&self, ctx: &RequestCtx, features: Option<&UserFeatures>) -> Arc<QueryState> {
+        let (b, filter) = (&self.bundle, ctx.filter.clone());
+        Arc::new(query_state(
+            b,
+            features,
+            &ctx.session,
+            &ctx.exclude,
+            filter,
+            self.session_blend,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

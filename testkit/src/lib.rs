@@ -1,0 +1,4 @@
+//! Test harness shared by every crate's tests and benches, as a dev-dependency (rather than
+//! `#[path]` imports across crates): a throwaway `redis-server` on an ephemeral loopback port.
+
+pub mod redis;
