@@ -971,7 +971,9 @@ fn embedded_store_reads_back_the_table() {
     let reg = repo_registry();
     let t = sample_table(&reg);
     let dir = tempfile::tempdir().unwrap();
+    // The bundle's path for it, sub-directory included (the bundle writer makes it).
     let path = dir.path().join(funnel::features::EMBEDDED_FILE_NAME);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     assert_eq!(t.write_embedded(&path).unwrap(), t.len());
 
     let store = EmbeddedStore::load(&path, &reg).unwrap();
