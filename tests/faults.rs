@@ -232,6 +232,10 @@ async fn with_faulty_ranker(faulty: Faulty) -> TestServer {
     let mut cfg = test_config();
     cfg.ranking.model = Some(id.to_string());
     cfg.breaker.open_ms = 60_000; // stays open for the test
+                                  // These tests isolate the breakers. A panic in a debug build with RUST_BACKTRACE=1 spends
+                                  // hundreds of ms printing its backtrace, and the latency controller would then (rightly)
+                                  // shrink the ranking budget until no model fits, before the breaker has seen 3 failures.
+    cfg.ranking.controller.enabled = false;
     TestServer::serve(Engine::new(b, cfg, None).expect("engine")).await
 }
 
