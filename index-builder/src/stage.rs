@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use funnel::catalog::Catalog;
+use funnel::features::online::usable_embedding;
 use funnel::merge::Candidate;
 use funnel::pipeline::merge::MergeStage;
 use funnel::pipeline::retrieval::SourceSet;
@@ -158,7 +159,7 @@ impl Stage {
             // As `UserFeatures::from_row` reads the embedding back.
             embedding: known
                 .then(|| self.emb.user(u))
-                .filter(|e| e.iter().any(|x| *x != 0.0) && e.iter().all(|x| x.is_finite()))
+                .filter(|e| usable_embedding(e))
                 .map(<[f32]>::to_vec),
             prefs: prefs_or_prior(
                 if known {

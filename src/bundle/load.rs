@@ -165,8 +165,7 @@ impl Bundle {
     }
 
     pub fn item_embedding(&self, i: ItemIdx) -> Option<&[f32]> {
-        let o = i as usize * self.dim;
-        self.item_embeddings.get(o..o + self.dim)
+        self.item_table().embedding(i)
     }
 
     /// A bundle of just a catalog and item data, without retrieval components, rankers or

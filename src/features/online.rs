@@ -9,6 +9,12 @@ use std::time::Duration;
 use super::streaming::{StreamUser, RECENT_FEATURE, SEEN_FEATURE};
 use super::{Entity, FeatureError, FeatureRow, RedisFeatureStore};
 
+/// Whether a stored user embedding is one to serve: all-zero (never trained) or non-finite
+/// vectors count as none. The builder encodes its training rows by the same rule.
+pub fn usable_embedding(v: &[f32]) -> bool {
+    v.iter().any(|x| *x != 0.0) && v.iter().all(|x| x.is_finite())
+}
+
 /// The user features the request path uses (absent features take their declared defaults).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UserFeatures {
@@ -31,7 +37,7 @@ impl UserFeatures {
         let embedding = row
             .get("user_embedding")
             .and_then(|v| v.as_f32_slice())
-            .filter(|v| v.iter().any(|x| *x != 0.0) && v.iter().all(|x| x.is_finite()))
+            .filter(|v| usable_embedding(v))
             .map(<[f32]>::to_vec);
         let ids = |name: &str| -> Vec<u64> {
             row.get(name)

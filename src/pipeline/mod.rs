@@ -102,9 +102,10 @@ impl Pipeline {
         let t = Instant::now();
         let (overrides, items_stale) = self.items.fetch(b, &cands.list, ctx.deadline).await;
         let items_ms = rep.stage("item_features", t, cands.list.len(), overrides.len());
-        let mut level = match user.stale || items_stale {
-            true => Degradation::StaleFeatures,
-            false => Degradation::Full,
+        let mut level = if user.stale || items_stale {
+            Degradation::StaleFeatures
+        } else {
+            Degradation::Full
         };
         if let Some(backup) = cands.backup {
             level = level.max(backup.degradation());
@@ -114,13 +115,14 @@ impl Pipeline {
         let t = Instant::now();
         let overrides = Arc::new(overrides);
         let (f, over) = (user.features.as_ref(), &req.ranking);
-        let ranked = match level <= Degradation::StaleFeatures {
-            true => Some(
+        let ranked = if level <= Degradation::StaleFeatures {
+            Some(
                 self.rank
                     .run(b, &ctx, f, &cands.list, &overrides, over)
                     .await,
-            ),
-            false => None,
+            )
+        } else {
+            None
         };
         let (mut scores, mut confidence, mut model_scores) = (None, Vec::new(), Vec::new());
         if let Some(r) = ranked {

@@ -35,8 +35,6 @@ pub struct Ranking {
     pub ensemble: Option<EnsembleExplain>,
     /// The members that scored, joined by `+`, or why none did.
     pub ranker: String,
-    /// Members that answered.
-    pub answered: usize,
 }
 
 pub struct RankStage {
@@ -69,10 +67,6 @@ impl RankStage {
 
     pub fn controller(&self) -> &LatencyController {
         &self.controller
-    }
-
-    pub fn config(&self) -> &RankingConfig {
-        &self.cfg
     }
 
     /// The request's end-to-end time, for the controller that holds the configured p99.
@@ -170,7 +164,6 @@ impl RankStage {
             }
             ens.selected.push(sel);
         }
-        out.answered = ok_scores.len();
         if ok_scores.is_empty() {
             out.ranker = if plan.members.is_empty() {
                 "none: no model fits the budget or all are unhealthy".into()

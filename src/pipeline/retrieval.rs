@@ -82,7 +82,9 @@ impl Retrieved {
                 self.counts.insert(id.name().into(), v.len());
                 self.per_source.push((id, v));
             }
-            Err(e) => drop(self.problems.insert(id.name().into(), e)),
+            Err(e) => {
+                self.problems.insert(id.name().into(), e);
+            }
         }
     }
 

@@ -29,8 +29,8 @@ pub struct ItemTable<'a> {
     pub trending: &'a [f32],
 }
 
-impl ItemTable<'_> {
-    pub fn embedding(&self, i: ItemIdx) -> Option<&[f32]> {
+impl<'a> ItemTable<'a> {
+    pub fn embedding(&self, i: ItemIdx) -> Option<&'a [f32]> {
         let o = i as usize * self.dim;
         self.embeddings.get(o..o + self.dim)
     }
