@@ -208,6 +208,7 @@ impl Fixture {
                 DeviceKind::Unknown,
                 !session.is_empty(),
                 now,
+                &q.recent,
             );
             reqs.push(Req {
                 q,
@@ -400,6 +401,29 @@ fn ranker_flops(spec: &RankerSpec, n: usize) -> (f64, f64) {
             }
             dense(d + dim, 1, true, &mut other);
         }
+        Arch::Fm => {
+            let v = funnel::ranking::models::fm::view().len();
+            let k = spec.hidden.first().copied().unwrap_or(8);
+            dense(v, 1, true, &mut other);
+            dense(v, k, false, &mut other); // x·V
+            dense(v, k, false, &mut other); // x²·V²
+            other += (v + 3 * k) as f64; // squares and the pair sum
+        }
+        Arch::Seq => {
+            use funnel::ranking::input::SEQ_LEN;
+            let a = spec.hidden.first().copied().unwrap_or(16);
+            let h = spec.hidden.get(1).copied().unwrap_or(32);
+            let c = funnel::ranking::models::seq::context_view().len();
+            for _ in 0..SEQ_LEN {
+                dense(2, a, true, &mut other); // attention hidden
+                dense(a, 1, true, &mut other); // attention logit
+                dense(2, a, true, &mut other); // value
+                other += 4.0 * a as f64; // ReLUs, weighting, pooling
+            }
+            other += 3.0 * SEQ_LEN as f64; // softmax
+            dense(a + c, h, true, &mut other);
+            dense(h, 1, true, &mut other);
+        }
     }
     let mm = 2.0 * weights * n;
     (mm + other * n, mm)
@@ -423,6 +447,17 @@ fn layer_shapes(spec: &RankerSpec) -> String {
             tower(d),
             d + spec.hidden.last().copied().unwrap_or(d),
             r = spec.cross_rank
+        ),
+        Arch::Fm => format!(
+            "FM over {} columns, rank {}",
+            funnel::ranking::models::fm::view().len(),
+            spec.hidden.first().copied().unwrap_or(0)
+        ),
+        Arch::Seq => format!(
+            "target attention over {} recent items ({}), head {}→1",
+            funnel::ranking::input::SEQ_LEN,
+            tower(2),
+            spec.hidden.get(1).copied().unwrap_or(0)
         ),
     }
 }

@@ -443,8 +443,12 @@ impl Default for RetrievalConfig {
 pub struct RankingConfig {
     /// Pin one ranker id (served alone, no ensemble); unset = the ensemble.
     pub model: Option<String>,
-    /// How the selected models' scores combine.
+    /// How the selected models' scores combine (unless `strategy_from_bundle` finds one).
     pub strategy: Strategy,
+    /// Use the strategy with the best validation NDCG@20 in the bundle's ensemble manifest
+    /// (chosen on the builder's validation users, never on a holdout); `strategy` when the
+    /// bundle scored none.
+    pub strategy_from_bundle: bool,
     /// Most models one request may run.
     pub max_models: usize,
     /// Distinct architectures / ensemble size must reach this (0 = no constraint).
@@ -483,6 +487,7 @@ impl Default for RankingConfig {
         Self {
             model: None,
             strategy: d_strategy(),
+            strategy_from_bundle: true,
             max_models: d_max_models(),
             min_diversity: d_min_diversity(),
             reserve_ms: d_reserve(),

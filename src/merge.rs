@@ -49,6 +49,9 @@ pub struct Candidate {
     pub source_scores: [f32; N_SOURCES],
     /// Bit `SourceId::index()` set when that source proposed the item.
     pub source_mask: u8,
+    /// Per-source 1-based position in that source's list, 0 where it did not propose the item
+    /// (ranks survive where min–max scores flatten a long tail).
+    pub source_ranks: [u32; N_SOURCES],
     /// The retrieval score used to cap the set and as the ranking fallback.
     pub score: f32,
 }
@@ -77,7 +80,7 @@ pub fn merge(results: &[(SourceId, Vec<ScoredItem>)], cfg: &MergeConfig) -> Vec<
             (lo.min(s), hi.max(s))
         });
         let span = hi - lo;
-        for it in items {
+        for (pos, it) in items.iter().enumerate() {
             let norm = if !it.score.is_finite() {
                 0.0
             } else if span > f32::EPSILON {
@@ -91,11 +94,15 @@ pub fn merge(results: &[(SourceId, Vec<ScoredItem>)], cfg: &MergeConfig) -> Vec<
                 item: it.item,
                 source_scores: [0.0; N_SOURCES],
                 source_mask: 0,
+                source_ranks: [0; N_SOURCES],
                 score: 0.0,
             });
             let i = source.index();
             if c.source_mask & (1 << i) == 0 || norm > c.source_scores[i] {
                 c.source_scores[i] = norm;
+            }
+            if c.source_ranks[i] == 0 {
+                c.source_ranks[i] = pos as u32 + 1;
             }
             c.source_mask |= 1 << i;
         }
@@ -167,6 +174,9 @@ mod tests {
                     prop_assert_eq!(proposed, c.source_mask & (1 << s.index()) != 0);
                     let v = c.source_scores[s.index()];
                     prop_assert!((0.0..=1.0).contains(&v));
+                    // The rank is the item's first position in that source's list (1-based).
+                    let first = results[s.index()].1.iter().position(|x| x.item == c.item);
+                    prop_assert_eq!(c.source_ranks[s.index()], first.map_or(0, |p| p as u32 + 1));
                 }
             }
         }

@@ -48,7 +48,7 @@ pub fn build(
                     Some(m) => {
                         rows.clear();
                         rows.reserve(r.merged.len() * INPUT_DIM);
-                        stage.encode(ds, u, &r.merged, &mut rows);
+                        stage.encode(ds, u, stage.cutoff, &r.merged, &mut rows);
                         m.score(&rows, r.merged.len()).ok()
                     }
                     None => None,

@@ -14,7 +14,7 @@ use funnel::ranking::{load_ranker, Ranker};
 use funnel::table::{Column, Table};
 use serde_json::json;
 
-use crate::config::BuildConfig;
+use crate::config::{BuildConfig, LabelSplit};
 use crate::dataset::{CatalogDefaults, Dataset, Event};
 use crate::eval::{evaluate, EvalReport};
 use crate::progress::Progress;
@@ -23,6 +23,8 @@ use crate::stage::Stage;
 use crate::train::{train_all, TrainConfig, TrainReport};
 use crate::{batch, examples, ingest, online_features};
 
+/// Cap on the early stage's trending snapshots (memory: one trending vector pair each).
+const MAX_SNAPSHOTS: usize = 64;
 /// Evaluation users are capped so a 100K-user holdout stays inside the nightly time budget.
 const EVAL_MAX_USERS: usize = 5_000;
 
@@ -92,15 +94,73 @@ fn input_entries(role: &str, path: &Path) -> Result<Vec<InputEntry>, BuildError>
         .collect()
 }
 
-/// Splits training events into the early part (models for ranker examples) and the label window.
-fn label_split(train: &[Event], fraction: f64) -> (Vec<Event>, Vec<Event>, i64) {
+/// Splits training events into the early part (models for ranker examples) and the labels;
+/// returns the early stage's cutoff too (the start of the temporal label window).
+fn label_split(
+    train: &[Event],
+    fraction: f64,
+    how: LabelSplit,
+    max_tail: usize,
+) -> (Vec<Event>, Vec<Event>, i64) {
     let k = ((train.len() as f64) * (1.0 - fraction)).floor() as usize;
     let cut = train
         .get(k.min(train.len().saturating_sub(1)))
         .map(|e| e.ts)
         .unwrap_or(0);
-    let early: Vec<Event> = train.iter().copied().filter(|e| e.ts < cut).collect();
-    let labels: Vec<Event> = train.iter().copied().filter(|e| e.ts >= cut).collect();
+    let mut is_label: Vec<bool> = train
+        .iter()
+        .map(|e| how != LabelSplit::PerUser && e.ts >= cut)
+        .collect();
+    if how != LabelSplit::Temporal {
+        // Each user's own tail, keeping at least one earlier interaction as their history.
+        let n_users = train.iter().map(|e| e.user as usize + 1).max().unwrap_or(0);
+        let mut count = vec![0usize; n_users];
+        for e in train {
+            count[e.user as usize] += 1;
+        }
+        let mut left: Vec<usize> = count
+            .iter()
+            .map(|&n| {
+                if n >= 2 {
+                    let tail = ((n as f64 * fraction).round() as usize).clamp(1, n - 1);
+                    if max_tail > 0 {
+                        tail.min(max_tail)
+                    } else {
+                        tail
+                    }
+                } else {
+                    0
+                }
+            })
+            .collect();
+        if how == LabelSplit::Hybrid {
+            // A user the window already labels keeps those labels only: one request (when they
+            // came back), not a tail that reaches back across their gap.
+            for e in train.iter().filter(|e| e.ts >= cut) {
+                left[e.user as usize] = 0;
+            }
+        }
+        for (i, e) in train.iter().enumerate().rev() {
+            let l = &mut left[e.user as usize];
+            if *l > 0 {
+                is_label[i] = true;
+                *l -= 1;
+            }
+        }
+    }
+    let (mut early, mut labels) = (Vec::new(), Vec::new());
+    for (e, l) in train.iter().zip(is_label) {
+        if l {
+            labels.push(*e);
+        } else {
+            early.push(*e);
+        }
+    }
+    if how == LabelSplit::PerUser {
+        // No temporal window: the early stage's "now" is the end of what it saw.
+        let end = train.last().map_or(0, |e| e.ts + 1);
+        return (early, labels, end);
+    }
     (early, labels, cut)
 }
 
@@ -175,9 +235,21 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
     let writer = BundleWriter::create(&args.out, &version)?;
 
     // 2–8 (early stage): models as of the label cutoff, for ranker training examples.
-    let (early_events, label_events, label_cut) = label_split(&train, cfg.rankers.label_fraction);
-    let early = Stage::build(&ds, &early_events, label_cut, cfg, "early stage", &progress)
+    let (early_events, label_events, label_cut) = label_split(
+        &train,
+        cfg.rankers.label_fraction,
+        cfg.rankers.label_split,
+        cfg.rankers.max_tail_labels,
+    );
+    let mut early = Stage::build(&ds, &early_events, label_cut, cfg, "early stage", &progress)
         .map_err(BuildError::Invalid)?;
+    // Point-in-time item signals for requests before the label cutoff (a user's own tail).
+    let step = progress.spinner("early stage: trending snapshots");
+    let asked = examples::request_times(&label_events, ds.n_users());
+    let spacing = (cfg.trending.half_life_hours * 1800.0) as i64; // half a half-life
+    let times = examples::snapshot_times(&asked, label_cut, spacing, MAX_SNAPSHOTS);
+    early.add_snapshots(&ds, &train, &times, cfg);
+    step.finish();
     let step = progress.spinner("ranker examples (retrieval negatives)");
     let ex = examples::build(&ds, &early, &label_events, cfg, args.seed);
     step.finish();
@@ -196,6 +268,9 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
         batch_size: cfg.rankers.batch_size,
         lr: cfg.rankers.learning_rate,
         seed: args.seed,
+        archs: cfg.rankers.archs.clone(),
+        listwise: cfg.rankers.listwise.clone(),
+        balance_segments: cfg.rankers.balance_segments,
         ..TrainConfig::default()
     };
     let report: TrainReport = train_all(&ex.train, &ex.valid, &tcfg, writer.dir())
@@ -266,10 +341,11 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
     let eval = if let Some(h) = args.holdout {
         let step = progress.spinner("offline evaluation");
         let rep = evaluate(&ds, &stage, &rankers, &test, &h.to_string(), EVAL_MAX_USERS);
-        let (users, items) = crate::eval::relevant_pairs(&ds, &stage, &test);
+        let pairs = crate::eval::relevant_pairs(&ds, &stage, &test);
         Table::new()
-            .with("user_id", Column::U64(users))
-            .with("item_id", Column::U64(items))
+            .with("user_id", Column::U64(pairs.iter().map(|p| p.0).collect()))
+            .with("item_id", Column::U64(pairs.iter().map(|p| p.1).collect()))
+            .with("ts", Column::I64(pairs.iter().map(|p| p.2).collect()))
             .meta("holdout", h.to_string())
             .write(&writer.path(layout::HOLDOUT)?)?;
         std::fs::write(
@@ -429,4 +505,54 @@ fn write_batch(w: &BundleWriter, ds: &Dataset, recs: &batch::BatchRecs) -> Resul
         .with("score", Column::F32(scores))
         .write(&w.path(layout::BATCH_RECS)?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(user: u32, ts: i64) -> Event {
+        Event {
+            user,
+            item: ts as u32,
+            ts,
+            weight: 1.0,
+        }
+    }
+
+    #[test]
+    fn hybrid_labels_the_window_and_every_other_users_own_next_items() {
+        // User 0: 20 events early on (no window events). User 1: 10 early, 2 in the window.
+        // User 2: a single event in the window (cold at the label cutoff).
+        let mut train: Vec<Event> = (0..20).map(|t| ev(0, t)).collect();
+        train.extend((20..30).map(|t| ev(1, t)));
+        train.extend([ev(1, 100), ev(1, 101), ev(2, 102)]);
+        train.sort_by_key(|e| e.ts);
+        // 8 % of 33 events: the window is the last three (from ts 100).
+        let (early, labels, cut) = label_split(&train, 0.08, LabelSplit::Hybrid, 3);
+        assert_eq!(cut, 100);
+        let of = |u: u32, v: &[Event]| v.iter().filter(|e| e.user == u).count();
+        // User 0: round(0.08·20) = 2 (under the cap of 3): their last two.
+        assert_eq!(of(0, &labels), 2);
+        assert!(labels.iter().filter(|e| e.user == 0).all(|e| e.ts >= 18));
+        // The cap binds with a larger share: round(0.5·20) = 10 → 3.
+        let (_, l, _) = label_split(&train, 0.5, LabelSplit::PerUser, 3);
+        assert_eq!(of(0, &l), 3);
+        // User 1: only the window labels them; no tail reaching back across the gap.
+        assert_eq!(of(1, &labels), 2);
+        assert_eq!(of(1, &early), 10);
+        assert_eq!((of(2, &labels), of(2, &early)), (1, 0));
+        assert!(early.iter().all(|e| e.ts < cut));
+        assert_eq!(early.len() + labels.len(), train.len());
+
+        // Per user: every user with two or more keeps at least one early event.
+        let (early, labels, end) = label_split(&train, 0.9, LabelSplit::PerUser, 0);
+        assert_eq!(end, 103);
+        // round(0.9·20) = 18 and round(0.9·12) = 11 labels; the single-event user is all early.
+        assert_eq!((of(0, &early), of(1, &early), of(2, &early)), (2, 1, 1));
+        assert_eq!(of(2, &labels), 0);
+        // Temporal: exactly the window.
+        let (_, labels, _) = label_split(&train, 0.08, LabelSplit::Temporal, 0);
+        assert!(labels.iter().all(|e| e.ts >= 100) && labels.len() == 3);
+    }
 }

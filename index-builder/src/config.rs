@@ -5,6 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use funnel::config::RetrievalPlan;
+use funnel::ranking::Arch;
 use funnel::sources::ann::hnsw::HnswParams;
 
 use crate::cf::CfConfig;
@@ -41,8 +42,14 @@ pub struct BuildConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RankerBuildConfig {
-    /// Share of the training period (its end) whose interactions label ranker examples.
+    /// Share of the training period (its end) whose interactions label ranker examples; with a
+    /// per-user split, also the share of each user's own latest interactions.
     pub label_fraction: f64,
+    /// Which interactions label ranker examples (see [`LabelSplit`]).
+    pub label_split: LabelSplit,
+    /// Share of each training user's negatives taken from the top of their merged candidates
+    /// (the rest are drawn at random from the remainder).
+    pub hard_negative_share: f64,
     /// At most this many users contribute examples (sampled deterministically).
     pub max_users: usize,
     /// Negatives per user, drawn from the user's retrieval candidates.
@@ -52,7 +59,31 @@ pub struct RankerBuildConfig {
     pub epochs: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
+    /// Architectures to train (the ensemble's members), in report order.
+    pub archs: Vec<Arch>,
+    /// Of those, the ones trained with the listwise objective.
+    pub listwise: Vec<Arch>,
+    /// Weigh users so each segment (cold, light, heavy) counts the same in training.
+    pub balance_segments: bool,
+    /// Cap on the labels a user's own tail contributes (0 = no cap): the server predicts what a
+    /// user does next, not the last quarter of their life.
+    pub max_tail_labels: usize,
 }
+/// How the builder picks the label interactions (the early stage is built without them, so a
+/// ranker never sees its labels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabelSplit {
+    /// The latest `label_fraction` of the period: mostly users who arrived late, light ones.
+    Temporal,
+    /// Each user's own latest `label_fraction` (at least one) of interactions, for every user
+    /// with two or more: heavy users are labelled too.
+    PerUser,
+    /// Both: the temporal window (new and returning users), and every other user's own tail.
+    #[default]
+    Hybrid,
+}
+
 const fn d_label() -> f64 {
     0.25
 }
@@ -78,6 +109,12 @@ impl Default for RankerBuildConfig {
     fn default() -> Self {
         Self {
             label_fraction: d_label(),
+            label_split: LabelSplit::default(),
+            hard_negative_share: 0.0,
+            archs: Arch::ALL.to_vec(),
+            listwise: crate::train::DEFAULT_LISTWISE.to_vec(),
+            balance_segments: true,
+            max_tail_labels: 10,
             max_users: d_users(),
             negatives_per_user: d_neg(),
             validation_fraction: d_valid(),
@@ -144,7 +181,7 @@ impl BuildConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 9] = [
+        let checks: [(bool, &str); 11] = [
             (
                 self.als.dim > 0 && self.als.dim <= 1024,
                 "als.dim must be in 1..=1024",
@@ -165,6 +202,19 @@ impl BuildConfig {
             (
                 self.rankers.label_fraction > 0.0 && self.rankers.label_fraction < 0.5,
                 "rankers.label_fraction must be in (0, 0.5)",
+            ),
+            (
+                !self.rankers.archs.is_empty()
+                    && self
+                        .rankers
+                        .listwise
+                        .iter()
+                        .all(|a| self.rankers.archs.contains(a)),
+                "rankers.archs must be non-empty and contain every rankers.listwise entry",
+            ),
+            (
+                (0.0..=1.0).contains(&self.rankers.hard_negative_share),
+                "rankers.hard_negative_share must be in [0, 1]",
             ),
             (
                 self.rankers.validation_fraction > 0.0 && self.rankers.validation_fraction < 0.9,

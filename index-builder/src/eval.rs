@@ -14,6 +14,9 @@ use funnel::ranking::Ranker;
 use funnel::sources::SourceId;
 use funnel::{ItemIdx, UserIdx};
 
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use crate::baselines::{Bpr, BprConfig, ItemKnn};
 use crate::dataset::{Dataset, Event};
 use crate::stage::Stage;
 
@@ -23,6 +26,14 @@ pub struct EvalRow {
     pub kind: String,
     pub recall_at_20: f64,
     pub ndcg_at_20: f64,
+    /// 95 % bootstrap confidence interval of `ndcg_at_20` over users (percentile method).
+    #[serde(default)]
+    pub ndcg_ci95: [f64; 2],
+    /// NDCG@20 over the users without history in the training part (cold) and the others.
+    #[serde(default)]
+    pub ndcg_cold: f64,
+    #[serde(default)]
+    pub ndcg_known: f64,
     pub recall_at_500: f64,
 }
 
@@ -53,8 +64,11 @@ pub fn evaluate(
     max_users: usize,
 ) -> EvalReport {
     let mut rel: Vec<HashSet<ItemIdx>> = vec![HashSet::new(); ds.n_users()];
+    // Each user is served when they come back: at their first held-out interaction.
+    let mut asked_at = vec![i64::MAX; ds.n_users()];
     for e in test {
         rel[e.user as usize].insert(e.item);
+        asked_at[e.user as usize] = asked_at[e.user as usize].min(e.ts);
     }
     let mut users: Vec<UserIdx> = Vec::new();
     for u in 0..ds.n_users() as u32 {
@@ -86,9 +100,13 @@ pub fn evaluate(
         .chain([
             ("baseline:popularity".to_string(), "baseline".to_string()),
             ("baseline:trending".to_string(), "baseline".to_string()),
+            ("baseline:bpr-mf".to_string(), "baseline".to_string()),
+            ("baseline:itemknn".to_string(), "baseline".to_string()),
         ])
         .collect();
-    let sums: Vec<[f64; 3]> = users
+    let bpr = Bpr::train(ds.n_items(), &stage.hist, &BprConfig::default());
+    let knn = ItemKnn::build(ds.n_items(), &stage.hist);
+    let per_user: Vec<Vec<[f64; 3]>> = users
         .par_iter()
         .map(|&u| {
             let rel_u = &rel[u as usize];
@@ -102,7 +120,7 @@ pub fn evaluate(
             let merged: Vec<ItemIdx> = r.merged.iter().map(|c| c.item).collect();
             out.push(metrics(&merged, rel_u));
             let mut rows = Vec::with_capacity(r.merged.len() * INPUT_DIM);
-            stage.encode(ds, u, &r.merged, &mut rows);
+            stage.encode(ds, u, asked_at[u as usize], &r.merged, &mut rows);
             for (_, ranker) in rankers {
                 let list = match ranker.score(&rows, r.merged.len()) {
                     Ok(scores) => {
@@ -126,29 +144,38 @@ pub fn evaluate(
                     .collect();
                 out.push(metrics(&list, rel_u));
             }
+            let allow =
+                |i: ItemIdx| !seen.contains(&i) && ds.catalog.get(i).is_some_and(|it| !it.flagged);
+            out.push(metrics(&bpr.recommend(u, 500, &allow), rel_u));
+            out.push(metrics(&knn.recommend(&stage.hist, u, 500, &allow), rel_u));
             out
         })
-        .reduce(
-            || vec![[0.0; 3]; names.len()],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    for k in 0..3 {
-                        x[k] += y[k];
-                    }
-                }
-                a
-            },
-        );
-    let n = users.len().max(1) as f64;
+        .collect();
     let rows = names
         .into_iter()
-        .zip(sums)
-        .map(|((name, kind), s)| EvalRow {
-            name,
-            kind,
-            recall_at_20: s[0] / n,
-            ndcg_at_20: s[1] / n,
-            recall_at_500: s[2] / n,
+        .enumerate()
+        .map(|(m, (name, kind))| {
+            let col = |k: usize| -> Vec<f64> { per_user.iter().map(|r| r[m][k]).collect() };
+            let ndcg = col(1);
+            let part = |cold: bool| -> f64 {
+                let v: Vec<f64> = users
+                    .iter()
+                    .zip(&ndcg)
+                    .filter(|(&u, _)| (stage.hist.len(u) == 0) == cold)
+                    .map(|(_, &x)| x)
+                    .collect();
+                mean(&v)
+            };
+            EvalRow {
+                ndcg_cold: part(true),
+                ndcg_known: part(false),
+                name,
+                kind,
+                recall_at_20: mean(&col(0)),
+                ndcg_at_20: mean(&ndcg),
+                ndcg_ci95: bootstrap_ci95(&ndcg, 0xC1),
+                recall_at_500: mean(&col(2)),
+            }
         })
         .collect();
     EvalReport {
@@ -159,22 +186,50 @@ pub fn evaluate(
     }
 }
 
-/// The holdout's relevant (user id, item id) pairs: held-out items the user had not interacted
-/// with in `stage`'s history. Written into the bundle so the served funnel can be evaluated later.
-pub fn relevant_pairs(ds: &Dataset, stage: &Stage, test: &[Event]) -> (Vec<u64>, Vec<u64>) {
-    let mut pairs: Vec<(u64, u64)> = test
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// Resamples used by [`bootstrap_ci95`].
+pub const BOOTSTRAP_RESAMPLES: usize = 1000;
+
+/// 95 % percentile-bootstrap interval of the mean of per-user values (users resampled with
+/// replacement, seeded: the same values give the same interval).
+pub fn bootstrap_ci95(values: &[f64], seed: u64) -> [f64; 2] {
+    let n = values.len();
+    if n == 0 {
+        return [0.0, 0.0];
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut means: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
+        .map(|_| (0..n).map(|_| values[rng.gen_range(0..n)]).sum::<f64>() / n as f64)
+        .collect();
+    means.sort_by(f64::total_cmp);
+    let at = |q: f64| means[((q * (BOOTSTRAP_RESAMPLES - 1) as f64).round()) as usize];
+    [at(0.025), at(0.975)]
+}
+
+/// The holdout's relevant (user id, item id, time) triples: held-out items the user had not
+/// interacted with in `stage`'s history, at their first held-out time. Written into the bundle so
+/// the served funnel can be evaluated later (each user asked at their first held-out time).
+pub fn relevant_pairs(ds: &Dataset, stage: &Stage, test: &[Event]) -> Vec<(u64, u64, i64)> {
+    let mut pairs: Vec<(u64, u64, i64)> = test
         .iter()
         .filter(|e| !stage.hist.items(e.user).contains(&e.item))
         .map(|e| {
             (
                 ds.user_ids[e.user as usize],
                 ds.catalog.items[e.item as usize].id,
+                e.ts,
             )
         })
         .collect();
     pairs.sort_unstable();
-    pairs.dedup();
-    pairs.into_iter().unzip()
+    pairs.dedup_by_key(|p| (p.0, p.1));
+    pairs
 }
 
 /// Unflagged items by decreasing `score` (ties by index), at most 600.
@@ -195,15 +250,39 @@ impl EvalReport {
     pub fn table(&self) -> String {
         let mut s =
             format!(
-            "Offline evaluation — holdout {}, {} users ({} cold)\n{:<28} {:>10} {:>10} {:>11}\n",
-            self.holdout, self.users, self.cold_users, "model", "Recall@20", "NDCG@20", "Recall@500"
+            "Offline evaluation — holdout {}, {} users ({} cold)\n{:<28} {:>10} {:>10} {:>17} {:>11} {:>9} {:>9}\n",
+            self.holdout, self.users, self.cold_users, "model", "Recall@20", "NDCG@20", "NDCG@20 95% CI", "Recall@500", "cold", "known"
         );
         for r in &self.rows {
             s.push_str(&format!(
-                "{:<28} {:>10.4} {:>10.4} {:>11.4}\n",
-                r.name, r.recall_at_20, r.ndcg_at_20, r.recall_at_500
+                "{:<28} {:>10.4} {:>10.4}  [{:.4}, {:.4}] {:>11.4} {:>9.4} {:>9.4}\n",
+                r.name,
+                r.recall_at_20,
+                r.ndcg_at_20,
+                r.ndcg_ci95[0],
+                r.ndcg_ci95[1],
+                r.recall_at_500,
+                r.ndcg_cold,
+                r.ndcg_known
             ));
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_interval_brackets_the_mean_and_narrows_with_more_users() {
+        let few: Vec<f64> = (0..50).map(|i| (i % 5) as f64 / 4.0).collect();
+        let many: Vec<f64> = (0..5000).map(|i| (i % 5) as f64 / 4.0).collect();
+        let [a, b] = bootstrap_ci95(&few, 1);
+        assert!(a < mean(&few) && mean(&few) < b);
+        let [c, d] = bootstrap_ci95(&many, 1);
+        assert!(c < 0.5 && 0.5 < d && d - c < (b - a) / 5.0);
+        assert_eq!(bootstrap_ci95(&few, 1), bootstrap_ci95(&few, 1));
+        assert_eq!(bootstrap_ci95(&[], 1), [0.0, 0.0]);
     }
 }

@@ -40,6 +40,35 @@ fn hash(u: u32, seed: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// When each user's training request happens: when they come back, at their first label
+/// interaction (`i64::MAX` for users without labels).
+pub fn request_times(labels: &[Event], n_users: usize) -> Vec<i64> {
+    let mut at = vec![i64::MAX; n_users];
+    for e in labels {
+        at[e.user as usize] = at[e.user as usize].min(e.ts);
+    }
+    at
+}
+
+/// Snapshot moments for the request times `asked`: a grid of `spacing` seconds from the first
+/// request, at most `max` of them (the spacing widens to fit), only where a request falls before
+/// `cutoff` (requests from the cutoff on use the stage's own signals).
+pub fn snapshot_times(asked: &[i64], cutoff: i64, spacing: i64, max: usize) -> Vec<i64> {
+    let before: Vec<i64> = asked.iter().copied().filter(|&t| t < cutoff).collect();
+    let Some(&first) = before.iter().min() else {
+        return Vec::new();
+    };
+    let span = cutoff - first;
+    let step = spacing.max(1).max(span / max.max(1) as i64 + 1);
+    let mut out: Vec<i64> = before
+        .iter()
+        .map(|&t| first + (t - first) / step * step)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 pub fn build(
     ds: &Dataset,
     early: &Stage,
@@ -51,6 +80,7 @@ pub fn build(
     for e in labels {
         positives[e.user as usize].push(e.item);
     }
+    let asked_at = request_times(labels, ds.n_users());
     let mut users: Vec<UserIdx> = (0..ds.n_users() as u32)
         .filter(|&u| !positives[u as usize].is_empty())
         .collect();
@@ -64,23 +94,30 @@ pub fn build(
         .map(|(k, &u)| {
             let is_valid = k < n_valid;
             let pos: HashSet<u32> = positives[u as usize].iter().copied().collect();
-            let r = early.retrieve(ds, u);
+            let r = early.retrieve_at(ds, u, asked_at[u as usize]);
             let mut cands = r.merged;
             if !cands.iter().any(|c| pos.contains(&c.item)) {
                 return (is_valid, empty());
             }
             if !is_valid {
-                // Train: every positive candidate plus a sample of negative ones.
-                let (p, mut n): (Vec<_>, Vec<_>) =
+                // Train: every positive candidate plus negatives: the hardest (the top of the
+                // merged order the ranker must reorder) and a random sample of the rest.
+                let (p, n): (Vec<_>, Vec<_>) =
                     cands.into_iter().partition(|c| pos.contains(&c.item));
+                let want = cfg.rankers.negatives_per_user;
+                let hard =
+                    ((want as f64 * cfg.rankers.hard_negative_share).round() as usize).min(n.len());
+                let mut rest = n;
+                let mut picked: Vec<_> = rest.drain(..hard).collect();
                 let mut rng = rand::rngs::StdRng::seed_from_u64(hash(u, seed ^ 0x5eed));
-                n.shuffle(&mut rng);
-                n.truncate(cfg.rankers.negatives_per_user);
+                rest.shuffle(&mut rng);
+                rest.truncate(want - hard.min(want));
+                picked.extend(rest);
                 cands = p;
-                cands.extend(n);
+                cands.extend(picked);
             }
             let mut set = empty();
-            early.encode(ds, u, &cands, &mut set.x);
+            early.encode(ds, u, asked_at[u as usize], &cands, &mut set.x);
             let seg = segment_for_history(early.hist.len(u) as u32);
             for c in &cands {
                 set.y.push(if pos.contains(&c.item) { 1.0 } else { 0.0 });
@@ -110,5 +147,28 @@ pub fn build(
         valid,
         users_with_labels,
         users_with_positive_candidates: with_pos,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_cover_the_requests_before_the_cutoff_on_a_bounded_grid() {
+        let asked = [i64::MAX, 1000, 1005, 1900, 3000, 50];
+        // Spacing 100 from the first request (50); 3000 is at the cutoff: no snapshot.
+        let t = snapshot_times(&asked, 3000, 100, 64);
+        assert_eq!(t, vec![50, 950, 1850]);
+        for &a in &asked[1..5] {
+            if a < 3000 {
+                let at = t.iter().rev().find(|&&s| s <= a).unwrap();
+                assert!(a - at < 100, "{a} → {at}");
+            }
+        }
+        // At most `max`: the grid widens.
+        let many: Vec<i64> = (0..10_000).collect();
+        assert!(snapshot_times(&many, 10_000, 1, 16).len() <= 16);
+        assert!(snapshot_times(&[i64::MAX], 10, 1, 16).is_empty());
     }
 }

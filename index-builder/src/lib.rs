@@ -3,6 +3,7 @@
 //! order a build runs them: ingest → dataset → split → (embed, ann, cf, content, trending) as a
 //! stage → examples → train → ensemble → batch → online_features → eval → publish (build.rs).
 
+pub mod baselines;
 pub mod batch;
 pub mod build;
 pub mod cf;

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use funnel::api::{RankingOverride, RecommendRequest, RequestContext, UserId};
+use funnel::api::{RankingOverride, RecommendRequest, RequestContext, Timestamp, UserId};
 use funnel::bundle::Bundle;
 use funnel::config::{Clock, EngineConfig};
 use funnel::engine::Engine;
@@ -21,13 +21,16 @@ use funnel::ranking::combine::Strategy;
 use funnel::table::Table;
 use funnel::ItemIdx;
 
-use crate::eval::metrics;
+use crate::eval::{bootstrap_ci95, metrics};
+use funnel::ranking::ensemble::LIGHT_MAX_HISTORY;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ServedRow {
     pub name: String,
     pub recall_at_20: f64,
     pub ndcg_at_20: f64,
+    /// 95 % bootstrap interval of `ndcg_at_20` over users.
+    pub ndcg_ci95: [f64; 2],
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -40,19 +43,21 @@ pub struct ServedReport {
     pub p99_ms: f64,
     /// Mean number of rankers the configured ensemble ran per request.
     pub mean_models: f64,
+    /// The same, over heavy users only (history longer than the light segment's).
+    pub mean_models_heavy: f64,
     pub rows: Vec<ServedRow>,
 }
 
 impl ServedReport {
     pub fn table(&self) -> String {
         let mut s = format!(
-            "Served funnel — holdout {}, {} users ({} cold); engine time p50 {:.2} ms, p99 {:.2} ms; {:.2} rankers per request\n{:<40} {:>10} {:>10}\n",
-            self.holdout, self.users, self.cold_users, self.p50_ms, self.p99_ms, self.mean_models, "list", "Recall@20", "NDCG@20"
+            "Served funnel — holdout {}, {} users ({} cold); engine time p50 {:.2} ms, p99 {:.2} ms; {:.2} rankers per request ({:.2} for heavy users)\n{:<40} {:>10} {:>10} {:>17}\n",
+            self.holdout, self.users, self.cold_users, self.p50_ms, self.p99_ms, self.mean_models, self.mean_models_heavy, "list", "Recall@20", "NDCG@20", "NDCG@20 95% CI"
         );
         for r in &self.rows {
             s.push_str(&format!(
-                "{:<40} {:>10.4} {:>10.4}\n",
-                r.name, r.recall_at_20, r.ndcg_at_20
+                "{:<40} {:>10.4} {:>10.4}  [{:.4}, {:.4}]\n",
+                r.name, r.recall_at_20, r.ndcg_at_20, r.ndcg_ci95[0], r.ndcg_ci95[1]
             ));
         }
         s
@@ -76,10 +81,18 @@ pub fn evaluate_served(
     let bad = |m: String| format!("{}: {m}", hpath.display());
     let users = t.take_u64("user_id").map_err(bad)?;
     let items = t.take_u64("item_id").map_err(bad)?;
+    // Each user is asked at their first held-out time (bundles from before the column: the
+    // bundle's cutoff, the clock below).
+    let times = t.take_i64("ts").ok();
     let mut rel: HashMap<u64, HashSet<ItemIdx>> = HashMap::new();
-    for (u, i) in users.into_iter().zip(items) {
+    let mut asked_at: HashMap<u64, i64> = HashMap::new();
+    for (k, (u, i)) in users.into_iter().zip(items).enumerate() {
         if let Some(idx) = b.catalog.idx(i) {
             rel.entry(u).or_default().insert(idx);
+        }
+        if let Some(ts) = times.as_ref().and_then(|t| t.get(k)) {
+            let at = asked_at.entry(u).or_insert(*ts);
+            *at = (*at).min(*ts);
         }
     }
     let mut users: Vec<u64> = rel.keys().copied().collect();
@@ -114,6 +127,7 @@ pub fn evaluate_served(
     };
     // Baselines first (they need the bundle, which the engine takes over).
     let mut pop_sum = [0.0f64; 3];
+    let mut pop_ndcg = Vec::with_capacity(users.len());
     let mut cold_users = 0;
     for &u in &users {
         let seen = seen_of(u);
@@ -128,6 +142,7 @@ pub fn evaluate_served(
             .collect();
         let m = metrics(&list, &rel[&u]);
         (0..3).for_each(|k| pop_sum[k] += m[k]);
+        pop_ndcg.push(m[1]);
     }
     cfg.features.clock = Clock::Bundle;
     // Offline evaluation ingests nothing.
@@ -175,13 +190,18 @@ pub fn evaluate_served(
     let mut rows = Vec::new();
     let mut times = Vec::with_capacity(users.len());
     let mut models_used = 0usize;
+    let (mut heavy_models, mut heavy_users) = (0usize, 0usize);
     for (v, (name, ranking)) in variants.into_iter().enumerate() {
         let mut sum = [0.0f64; 3];
+        let mut ndcg = Vec::with_capacity(users.len());
         for &u in &users {
             let req = RecommendRequest {
                 user_id: UserId::Num(u),
                 k: 20,
-                context: RequestContext::default(),
+                context: RequestContext {
+                    timestamp: asked_at.get(&u).map(|&t| Timestamp::Unix(t)),
+                    ..RequestContext::default()
+                },
                 exclude_items: Vec::new(),
                 filters: Default::default(),
                 explain: v == 0,
@@ -195,11 +215,15 @@ pub fn evaluate_served(
                 .map_err(|e| e.to_string())?;
             if v == 0 {
                 times.push(resp.timings_ms.total);
-                models_used += resp
-                    .explain
-                    .as_ref()
+                let explain = resp.explain.as_ref();
+                let used = explain
                     .and_then(|e| e.ensemble.as_ref())
                     .map_or(0, |e| e.selected.len());
+                models_used += used;
+                if explain.is_some_and(|e| e.history_len > LIGHT_MAX_HISTORY) {
+                    heavy_models += used;
+                    heavy_users += 1;
+                }
             }
             let list: Vec<ItemIdx> = resp
                 .items
@@ -208,12 +232,14 @@ pub fn evaluate_served(
                 .collect();
             let m = metrics(&list, &rel[&u]);
             (0..3).for_each(|k| sum[k] += m[k]);
+            ndcg.push(m[1]);
         }
         let n = users.len().max(1) as f64;
         rows.push(ServedRow {
             name,
             recall_at_20: sum[0] / n,
             ndcg_at_20: sum[1] / n,
+            ndcg_ci95: bootstrap_ci95(&ndcg, 0xC1),
         });
     }
     times.sort_by(f64::total_cmp);
@@ -228,6 +254,7 @@ pub fn evaluate_served(
         name: "baseline:popularity (same seen set)".into(),
         recall_at_20: pop_sum[0] / n,
         ndcg_at_20: pop_sum[1] / n,
+        ndcg_ci95: bootstrap_ci95(&pop_ndcg, 0xC1),
     });
     Ok(ServedReport {
         holdout,
@@ -236,6 +263,7 @@ pub fn evaluate_served(
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
         mean_models: models_used as f64 / n,
+        mean_models_heavy: heavy_models as f64 / heavy_users.max(1) as f64,
         rows,
     })
 }

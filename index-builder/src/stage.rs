@@ -8,13 +8,15 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use funnel::catalog::Catalog;
 use funnel::features::online::usable_embedding;
 use funnel::merge::Candidate;
 use funnel::pipeline::merge::MergeStage;
 use funnel::pipeline::retrieval::SourceSet;
 use funnel::ranking::encode::{encode_rows, prefs_or_prior, ItemTable, RankUser};
-use funnel::ranking::input::DeviceKind;
+use funnel::ranking::input::{DeviceKind, SEQ_LEN};
 use funnel::sources::ann::hnsw::FrozenHnsw;
 use funnel::sources::ann::AnnSource;
 use funnel::sources::cf::CfSource;
@@ -49,6 +51,18 @@ pub struct Stage {
     /// The server's retrieval and merge stages over this stage's sources.
     pub sources: SourceSet,
     pub merge: MergeStage,
+    /// Trending and popularity as of earlier moments, oldest first (see [`Snapshot`]).
+    pub snapshots: Vec<Snapshot>,
+}
+
+/// The time-varying item signals as of one moment: the trending feature, popularity and the
+/// trending source's list. A training row for a request at time t is encoded with the signals
+/// of the latest snapshot at or before t — as the server, whose bundle is rebuilt nightly, would
+/// have seen them — not with those of the stage's cutoff, which may lie months later.
+pub struct Snapshot {
+    pub at: i64,
+    pub trending: Trending,
+    pub sources: SourceSet,
 }
 
 impl Stage {
@@ -110,7 +124,51 @@ impl Stage {
             sources: SourceSet::offline(sources, &cfg.serving.quotas),
             merge: MergeStage::new(&cfg.serving.merge),
             trending,
+            snapshots: Vec::new(),
         })
+    }
+
+    /// Adds a snapshot for each of `times` (deduplicated, sorted), from the `events` before it.
+    pub fn add_snapshots(
+        &mut self,
+        ds: &Dataset,
+        events: &[Event],
+        times: &[i64],
+        cfg: &BuildConfig,
+    ) {
+        let mut times = times.to_vec();
+        times.sort_unstable();
+        times.dedup();
+        let made: Vec<Snapshot> = times
+            .par_iter()
+            .map(|&at| {
+                // Events are time-sorted: everything before `at` is a prefix.
+                let end = events.partition_point(|e| e.ts < at);
+                let trending = trending::build(&ds.catalog, &events[..end], at, &cfg.trending);
+                let sources: Vec<Arc<dyn CandidateSource>> = vec![
+                    Arc::new(AnnSource::new(self.ann_graph.clone())),
+                    self.cf.clone(),
+                    self.content.clone(),
+                    Arc::new(TrendingSource::new(trending.list.clone())),
+                ];
+                Snapshot {
+                    at,
+                    trending,
+                    sources: SourceSet::offline(sources, &cfg.serving.quotas),
+                }
+            })
+            .collect();
+        self.snapshots = made;
+    }
+
+    /// The latest snapshot at or before `t`; None at or after the cutoff (the stage's own
+    /// signals are the ones then) or before the first snapshot.
+    fn snapshot_at(&self, t: i64) -> Option<&Snapshot> {
+        if t >= self.cutoff {
+            return None;
+        }
+        let k = self.snapshots.partition_point(|s| s.at <= t);
+        k.checked_sub(1).map(|k| &self.snapshots[k])
     }
 
     pub fn user_prefs(&self, u: UserIdx) -> &[f32] {
@@ -123,6 +181,11 @@ impl Stage {
     /// Runs the server's sources and merge for a known user, as the server would with the same
     /// data, excluding what the user has seen and flagged items.
     pub fn retrieve(&self, ds: &Dataset, u: UserIdx) -> Retrieved {
+        self.retrieve_at(ds, u, i64::MAX)
+    }
+
+    /// [`Stage::retrieve`] for a request at `t`, with the trending source of the snapshot then.
+    pub fn retrieve_at(&self, ds: &Dataset, u: UserIdx, t: i64) -> Retrieved {
         let seen: HashSet<ItemIdx> = self.hist.items(u).iter().copied().collect();
         let recent = self.hist.recent_distinct(u, RECENT_ITEMS);
         let has_history = !recent.is_empty();
@@ -134,25 +197,38 @@ impl Stage {
             category_prefs: if has_history { self.user_prefs(u) } else { &[] },
             allow: &allow,
         };
-        let per_source = self.sources.retrieve_now(&q);
+        let sources = self.snapshot_at(t).map_or(&self.sources, |s| &s.sources);
+        let per_source = sources.retrieve_now(&q);
         let merged = self.merge.run(&per_source);
         Retrieved { per_source, merged }
     }
 
     /// The encoder's view of this stage's items (what the bundle's `item_table` serves).
     pub fn item_table<'a>(&'a self, catalog: &'a Catalog) -> ItemTable<'a> {
+        self.item_table_at(catalog, i64::MAX)
+    }
+
+    /// [`Stage::item_table`] with the popularity and trending of the snapshot at `t`.
+    pub fn item_table_at<'a>(&'a self, catalog: &'a Catalog, t: i64) -> ItemTable<'a> {
+        let tr = self.snapshot_at(t).map_or(&self.trending, |s| &s.trending);
         ItemTable {
             catalog,
             embeddings: &self.emb.items,
             dim: self.emb.dim,
-            popularity: &self.trending.popularity,
-            trending: &self.trending.score,
+            popularity: &tr.popularity,
+            trending: &tr.score,
         }
     }
 
     /// The user as the server will know them from the online features this stage writes
-    /// (`online_features.rs`), with no device and no session.
+    /// (`online_features.rs`), with no device and no session, asking at the stage's cutoff.
     pub fn rank_user(&self, u: UserIdx) -> RankUser {
+        self.rank_user_at(u, self.cutoff)
+    }
+
+    /// [`Stage::rank_user`] for a request at `now` (offline, a user is served when they come
+    /// back: at the time of their first label or held-out interaction).
+    pub fn rank_user_at(&self, u: UserIdx, now: i64) -> RankUser {
         let n = self.hist.len(u) as u32;
         let known = n > 0;
         RankUser {
@@ -172,14 +248,32 @@ impl Stage {
             history_len: n,
             device: DeviceKind::Unknown,
             has_session: false,
-            now: self.cutoff,
+            now,
+            // As the server reads `recent_items` back (no session, nothing streamed yet).
+            recent: self.hist.recent_distinct(u, SEQ_LEN),
+            // As `UserFeatures` reads `last_active_at` back.
+            last_active: known.then(|| self.hist.ts[self.hist.range(u).end - 1]),
         }
     }
 
-    /// Ranker input rows for a user's candidates, through the engine's one encoder.
-    pub fn encode(&self, ds: &Dataset, u: UserIdx, cands: &[Candidate], rows: &mut Vec<f32>) {
-        let table = self.item_table(&ds.catalog);
-        encode_rows(&table, &self.rank_user(u), cands, &HashMap::new(), rows);
+    /// Ranker input rows for a user's candidates asked for at `now`, through the engine's one
+    /// encoder.
+    pub fn encode(
+        &self,
+        ds: &Dataset,
+        u: UserIdx,
+        now: i64,
+        cands: &[Candidate],
+        rows: &mut Vec<f32>,
+    ) {
+        let table = self.item_table_at(&ds.catalog, now);
+        encode_rows(
+            &table,
+            &self.rank_user_at(u, now),
+            cands,
+            &HashMap::new(),
+            rows,
+        );
     }
 }
 

@@ -29,6 +29,8 @@ pub use funnel::ranking::ensemble::{
     segment_for_history, LIGHT_MAX_HISTORY, SEGMENT_COLD, SEGMENT_HEAVY, SEGMENT_LIGHT,
     SEGMENT_NAMES,
 };
+/// Architectures trained listwise by default.
+pub const DEFAULT_LISTWISE: [Arch; 3] = [Arch::Dcn, Arch::Fm, Arch::Seq];
 /// Rows per forward pass when scoring the validation set (bounds peak memory).
 const SCORE_CHUNK: usize = 8192;
 
@@ -162,6 +164,15 @@ pub struct TrainConfig {
     pub archs: Vec<Arch>,
     /// Model version; ids are `<arch>-v<version>`.
     pub version: u32,
+    /// Architectures trained with the listwise objective (the others pointwise).
+    pub listwise: Vec<Arch>,
+    /// Weight of the pointwise cross-entropy added to the listwise loss: it keeps the listwise
+    /// members' sigmoid outputs usable as probabilities (confidence, blending).
+    pub calibration_weight: f64,
+    /// Weigh users so every segment counts the same in the loss ([`segment_balance`]).
+    pub balance_segments: bool,
+    /// Keep the weights of the epoch with the best validation NDCG@20 (not the last epoch's).
+    pub early_stopping: bool,
 }
 
 impl Default for TrainConfig {
@@ -175,6 +186,10 @@ impl Default for TrainConfig {
             max_steps: 3000,
             archs: Arch::ALL.to_vec(),
             version: 1,
+            listwise: DEFAULT_LISTWISE.to_vec(),
+            calibration_weight: 0.1,
+            balance_segments: true,
+            early_stopping: true,
         }
     }
 }
@@ -340,11 +355,148 @@ fn feature_stats(x: &[f32]) -> (Vec<f32>, Vec<f32>) {
     (mean.into_iter().map(|m| m as f32).collect(), std)
 }
 
+/// Contiguous row ranges of each group (the example builder writes each user's rows together).
+fn group_ranges(group: &[u32]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..=group.len() {
+        if i == group.len() || group[i] != group[start] {
+            out.push((start, i));
+            start = i;
+        }
+    }
+    out
+}
+
+/// Batches of row indices: single shuffled rows (pointwise) or shuffled whole groups packed up
+/// to `bs` rows (listwise, so every list is complete inside its batch).
+fn epoch_batches(
+    order: &mut [u32],
+    groups: &mut [(usize, usize)],
+    listwise: bool,
+    bs: usize,
+    rng: &mut StdRng,
+) -> Vec<Vec<u32>> {
+    if !listwise {
+        order.shuffle(rng);
+        return order.chunks(bs).map(<[u32]>::to_vec).collect();
+    }
+    groups.shuffle(rng);
+    let mut out = Vec::new();
+    let mut cur: Vec<u32> = Vec::with_capacity(bs);
+    for &(a, b) in groups.iter() {
+        if !cur.is_empty() && cur.len() + (b - a) > bs {
+            out.push(std::mem::take(&mut cur));
+        }
+        cur.extend(a as u32..b as u32);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Softmax cross-entropy over each list (ListNet with the labels as the target distribution):
+/// mean over lists with a positive of `−Σ_i (y_i / n⁺) (z_i − logsumexp(z))`. `list` gives each
+/// row's list number (0..n_lists, rows of a list need not be adjacent); `z_values` are the
+/// logits' values, used only to shift each list by its own max (a constant, so the gradient is
+/// exact and no list underflows).
+fn listwise_loss(
+    z: &Tensor,
+    z_values: &[f32],
+    y: &[f32],
+    list: &[usize],
+    n_lists: usize,
+    weight: &[f32],
+) -> candle_core::Result<Option<Tensor>> {
+    let n = y.len();
+    let dev = z.device();
+    let mut max = vec![f32::NEG_INFINITY; n_lists];
+    let mut pos = vec![0.0f32; n_lists];
+    let mut list_w = vec![0.0f32; n_lists];
+    for i in 0..n {
+        max[list[i]] = max[list[i]].max(z_values[i]);
+        pos[list[i]] += y[i];
+        list_w[list[i]] = weight[i];
+    }
+    let weight_with_pos: f64 = (0..n_lists)
+        .filter(|&g| pos[g] > 0.0)
+        .map(|g| list_w[g] as f64)
+        .sum();
+    if weight_with_pos <= 0.0 {
+        return Ok(None);
+    }
+    let shift: Vec<f32> = (0..n).map(|i| max[list[i]]).collect();
+    let target: Vec<f32> = (0..n)
+        .map(|i| {
+            if pos[list[i]] > 0.0 {
+                weight[i] * y[i] / pos[list[i]]
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mut member = vec![0.0f32; n_lists * n];
+    for i in 0..n {
+        member[list[i] * n + i] = 1.0;
+    }
+    let member = Tensor::from_vec(member, (n_lists, n), dev)?;
+    let shift_t = Tensor::from_vec(shift, n, dev)?;
+    let sums = member
+        .matmul(&(z - &shift_t)?.exp()?.unsqueeze(1)?)?
+        .squeeze(1)?;
+    let max_t = Tensor::from_vec(max, n_lists, dev)?;
+    let lse = (sums.log()? + max_t)?;
+    let has_pos: Vec<f32> = (0..n_lists)
+        .map(|g| if pos[g] > 0.0 { list_w[g] } else { 0.0 })
+        .collect();
+    let has_pos = Tensor::from_vec(has_pos, n_lists, dev)?;
+    let target = Tensor::from_vec(target, n, dev)?;
+    let gain = (z * target)?.sum_all()?;
+    let norm = (lse * has_pos)?.sum_all()?;
+    Ok(Some(((norm - gain)? / weight_with_pos)?))
+}
+
 /// Numerically stable mean BCE with logits: max(z,0) − z·y + ln(1 + e^{−|z|}).
 /// (candle's version takes log(sigmoid), which overflows for confident logits.)
-fn bce_with_logits(z: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+/// `w` weighs the rows (weighted mean).
+fn bce_with_logits(z: &Tensor, y: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     let softplus = z.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
-    ((z.relu()? - (z * y)?)? + softplus)?.mean_all()
+    let per_row = ((z.relu()? - (z * y)?)? + softplus)?;
+    let total = w.sum_all()?.to_scalar::<f32>()?.max(f32::MIN_POSITIVE) as f64;
+    (per_row * w)?.sum_all()? / total
+}
+
+/// Users back after at least this many days count as returning (their own stratum below).
+pub const RETURNING_AFTER_DAYS: f32 = 7.0;
+
+/// Per-row training weights that give every stratum of users — segment (cold, light, heavy) ×
+/// continuing / returning after [`RETURNING_AFTER_DAYS`] — the same total weight, counted in lists
+/// (users): otherwise the stratum with the most users (heavy users in mid-history on a per-user
+/// split, new ones on a temporal window) decides what every member learns, and the users who come
+/// back after weeks, who want what is new rather than what follows, are drowned out. Each list's
+/// weight is `lists / (strata present × lists in its stratum)`: mean weight over lists is 1.
+pub fn segment_balance(set: &ExampleSet) -> Vec<f32> {
+    let ranges = group_ranges(&set.group);
+    let returning_log_gap = RETURNING_AFTER_DAYS.ln_1p();
+    let stratum = |a: usize| -> usize {
+        let row = &set.x[a * INPUT_DIM..(a + 1) * INPUT_DIM];
+        let returning =
+            row[input::col::GAP_KNOWN] > 0.5 && row[input::col::LOG_GAP_DAYS] >= returning_log_gap;
+        set.segment[a] as usize * 2 + usize::from(returning)
+    };
+    let mut lists = vec![0usize; 512];
+    for &(a, _) in &ranges {
+        lists[stratum(a)] += 1;
+    }
+    let present = lists.iter().filter(|&&n| n > 0).count().max(1);
+    let total = ranges.len() as f64;
+    let mut w = vec![1.0f32; set.len()];
+    for &(a, b) in &ranges {
+        let n = lists[stratum(a)] as f64;
+        w[a..b].fill((total / (present as f64 * n)) as f32);
+    }
+    w
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -384,33 +536,58 @@ fn train_one(
 
     let n = train.len();
     let bs = cfg.batch_size.min(n);
-    let steps_per_epoch = n.div_ceil(bs);
-    let total_steps = (steps_per_epoch * cfg.epochs).min(cfg.max_steps);
+    let listwise = cfg.listwise.contains(&arch);
+    let mut groups = group_ranges(&train.group);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut order: Vec<u32> = (0..n as u32).collect();
+    // Batches per epoch do not depend on the shuffle for pointwise; for listwise they vary
+    // slightly, so the total is estimated from one packing.
+    let steps_per_epoch = epoch_batches(&mut order, &mut groups, listwise, bs, &mut rng.clone())
+        .len()
+        .max(1);
+    let total_steps = (steps_per_epoch * cfg.epochs).min(cfg.max_steps);
     let mut xbuf: Vec<f32> = Vec::with_capacity(bs * INPUT_DIM);
     let mut ybuf: Vec<f32> = Vec::with_capacity(bs);
+    let mut lbuf: Vec<usize> = Vec::with_capacity(bs);
+    let mut wbuf: Vec<f32> = Vec::with_capacity(bs);
+    let row_weight = if cfg.balance_segments {
+        segment_balance(train)
+    } else {
+        vec![1.0; n]
+    };
     let mut step = 0usize;
     let mut epochs_run = 0usize;
     let mut last_epoch_loss = None;
+    // Early stopping: the weights of the best validation epoch so far.
+    let vars = varmap.all_vars();
+    let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
 
     for epoch in 0..cfg.epochs {
         if step >= total_steps {
             break;
         }
-        order.shuffle(&mut rng);
+        let batches = epoch_batches(&mut order, &mut groups, listwise, bs, &mut rng);
         let (mut loss_sum, mut loss_n) = (0.0f64, 0usize);
         // The step cap may end the last epoch early; its partial loss is still reported.
-        for batch in order.chunks(bs).take(total_steps - step) {
+        for batch in batches.iter().take(total_steps - step) {
             xbuf.clear();
             ybuf.clear();
-            for &i in batch {
+            lbuf.clear();
+            wbuf.clear();
+            let mut n_lists = 0usize;
+            for (k, &i) in batch.iter().enumerate() {
                 let i = i as usize;
                 let row = &train.x[i * INPUT_DIM..(i + 1) * INPUT_DIM];
                 // The served ranker's own scaling code.
                 standardize_row_into(row, mean, std, &mut xbuf);
                 ybuf.push(train.y[i]);
+                wbuf.push(row_weight[i]);
+                if k > 0 && train.group[i] != train.group[batch[k - 1] as usize] {
+                    n_lists += 1;
+                }
+                lbuf.push(n_lists);
             }
+            let n_lists = n_lists + 1;
             // Cosine decay from lr to lr/10: big early steps, settled weights at the end.
             let progress = step as f64 / total_steps as f64;
             opt.set_learning_rate(
@@ -420,7 +597,17 @@ fn train_one(
                 let xs = Tensor::from_slice(&xbuf, (batch.len(), INPUT_DIM), &dev)?;
                 let ys = Tensor::from_slice(&ybuf, batch.len(), &dev)?;
                 let logits = net.forward(&xs)?.flatten_all()?;
-                let loss = bce_with_logits(&logits, &ys)?;
+                let ws = Tensor::from_slice(&wbuf, batch.len(), &dev)?;
+                let bce = bce_with_logits(&logits, &ys, &ws)?;
+                let loss = if listwise {
+                    let zv = logits.to_vec1::<f32>()?;
+                    match listwise_loss(&logits, &zv, &ybuf, &lbuf, n_lists, &wbuf)? {
+                        Some(l) => (l + (bce * cfg.calibration_weight)?)?,
+                        None => bce,
+                    }
+                } else {
+                    bce
+                };
                 opt.backward_step(&loss)?;
                 loss.to_scalar::<f32>()
             })()
@@ -435,6 +622,24 @@ fn train_one(
         epochs_run = epoch + 1;
         last_epoch_loss = Some(loss_sum / loss_n.max(1) as f64);
         tracing::debug!(%id, epoch, loss = ?last_epoch_loss, "epoch done");
+        if cfg.early_stopping && !valid.is_empty() {
+            let z = valid_logits(net.as_ref(), valid, mean, std).map_err(candle_err)?;
+            let ndcg = ndcg_at_k(&z, &valid.y, &valid.group, NDCG_K);
+            if ndcg.is_finite() && best.as_ref().is_none_or(|b| ndcg > b.0) {
+                let copies = vars
+                    .iter()
+                    .map(|v| v.as_tensor().copy())
+                    .collect::<candle_core::Result<Vec<_>>>()
+                    .map_err(candle_err)?;
+                best = Some((ndcg, epoch + 1, copies));
+            }
+        }
+    }
+    let best_epoch = best.as_ref().map(|b| b.1);
+    if let Some((_, _, copies)) = best {
+        for (v, t) in vars.iter().zip(copies) {
+            v.set(&t).map_err(candle_err)?;
+        }
     }
 
     let weights_file = format!("{RANKERS_DIR}/{id}.safetensors");
@@ -475,6 +680,8 @@ fn train_one(
         final_train_loss: last_epoch_loss,
         train_seconds,
         n_params: models::param_count(&varmap),
+        objective: if listwise { "listwise" } else { "pointwise" }.to_string(),
+        best_epoch,
     };
     tracing::info!(
         %id,
@@ -485,6 +692,27 @@ fn train_one(
         "ranker trained"
     );
     Ok((spec, preds))
+}
+
+/// The training network's logits for the validation rows (standardised as served), in chunks.
+fn valid_logits(
+    net: &(dyn candle_core::Module + Send + Sync),
+    valid: &ExampleSet,
+    mean: &[f32],
+    std: &[f32],
+) -> candle_core::Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(valid.len());
+    let mut buf = Vec::with_capacity(SCORE_CHUNK * INPUT_DIM);
+    for chunk in valid.x.chunks(SCORE_CHUNK * INPUT_DIM) {
+        buf.clear();
+        for row in chunk.chunks_exact(INPUT_DIM) {
+            standardize_row_into(row, mean, std, &mut buf);
+        }
+        let n = chunk.len() / INPUT_DIM;
+        let xs = Tensor::from_slice(&buf, (n, INPUT_DIM), &Device::Cpu)?;
+        out.extend(net.forward(&xs)?.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(out)
 }
 
 /// Scores row-major `x` in bounded chunks.
@@ -630,6 +858,90 @@ mod tests {
         let c = correlation_matrix(&[vec![1.0, 2.0, 3.0], vec![1.0, 3.0, 2.0]]);
         assert_eq!(c[0][0], 1.0);
         assert_eq!(c[0][1], c[1][0]);
+    }
+
+    #[test]
+    fn listwise_loss_matches_the_softmax_cross_entropy() {
+        // Two lists: [2, 0, 1] with the first a positive, [0.5, -1] with both positive.
+        let zv = [2.0f32, 0.0, 1.0, 0.5, -1.0];
+        let y = [1.0f32, 0.0, 0.0, 1.0, 1.0];
+        let list = [0usize, 0, 0, 1, 1];
+        let z = Tensor::new(&zv, &Device::Cpu).unwrap();
+        let got = listwise_loss(&z, &zv, &y, &list, 2, &[1.0; 5])
+            .unwrap()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let lse = |v: &[f32]| v.iter().map(|x| x.exp()).sum::<f32>().ln();
+        let l0 = lse(&zv[..3]) - 2.0;
+        let l1 = lse(&zv[3..]) - 0.5 * (0.5 - 1.0);
+        assert!((got - (l0 + l1) / 2.0).abs() < 1e-5, "{got}");
+        // List weights: the second list counts three times.
+        let w = [1.0, 1.0, 1.0, 3.0, 3.0];
+        let got = listwise_loss(&z, &zv, &y, &list, 2, &w)
+            .unwrap()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((got - (l0 + 3.0 * l1) / 4.0).abs() < 1e-5, "{got}");
+        // A batch without a positive has no listwise term.
+        assert!(listwise_loss(&z, &zv, &[0.0; 5], &list, 2, &[1.0; 5])
+            .unwrap()
+            .is_none());
+        // Far-apart lists do not underflow.
+        let zv = [500.0f32, 499.0, -500.0, -501.0];
+        let z = Tensor::new(&zv, &Device::Cpu).unwrap();
+        let l = listwise_loss(&z, &zv, &[1.0, 0.0, 1.0, 0.0], &[0, 0, 1, 1], 2, &[1.0; 4])
+            .unwrap()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(l.is_finite() && l > 0.0);
+    }
+
+    #[test]
+    fn listwise_batches_keep_lists_whole() {
+        let group = [3u32, 3, 3, 7, 7, 9, 9, 9, 9, 4];
+        let mut groups = group_ranges(&group);
+        assert_eq!(groups, vec![(0, 3), (3, 5), (5, 9), (9, 10)]);
+        let mut order: Vec<u32> = (0..10).collect();
+        let mut rng = StdRng::seed_from_u64(1);
+        let batches = epoch_batches(&mut order, &mut groups, true, 4, &mut rng);
+        let mut all: Vec<u32> = batches.concat();
+        all.sort();
+        assert_eq!(all, order_sorted(10));
+        for b in &batches {
+            let gs: BTreeSet<u32> = b.iter().map(|&i| group[i as usize]).collect();
+            for g in gs {
+                let in_batch = b.iter().filter(|&&i| group[i as usize] == g).count();
+                assert_eq!(in_batch, group.iter().filter(|&&x| x == g).count());
+            }
+        }
+    }
+
+    #[test]
+    fn segment_balance_gives_each_segment_the_same_weight() {
+        // Users 1, 2 heavy (3 rows each), user 3 cold (2 rows).
+        let set = ExampleSet {
+            x: vec![0.0; 8 * INPUT_DIM],
+            y: vec![1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0],
+            group: vec![1, 1, 1, 2, 2, 2, 3, 3],
+            segment: vec![2, 2, 2, 2, 2, 2, 0, 0],
+        };
+        let w = segment_balance(&set);
+        // 3 lists, 2 segments: heavy lists 3/(2·2) = 0.75, the cold list 3/(2·1) = 1.5.
+        assert_eq!(w, vec![0.75, 0.75, 0.75, 0.75, 0.75, 0.75, 1.5, 1.5]);
+        // User 2 came back after 30 days: three strata of one list each, weight 1.
+        let mut set = set;
+        for r in 3..6 {
+            set.x[r * INPUT_DIM + input::col::LOG_GAP_DAYS] = 30f32.ln_1p();
+            set.x[r * INPUT_DIM + input::col::GAP_KNOWN] = 1.0;
+        }
+        assert_eq!(segment_balance(&set), vec![1.0; 8]);
+    }
+
+    fn order_sorted(n: u32) -> Vec<u32> {
+        (0..n).collect()
     }
 
     #[test]

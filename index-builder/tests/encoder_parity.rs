@@ -7,8 +7,10 @@ use std::collections::HashMap;
 use funnel::bundle::Bundle;
 use funnel::features::online::UserFeatures;
 use funnel::features::{Entity, FeatureRegistry};
+use funnel::pipeline::query::query_state;
 use funnel::ranking::encode::{encode_rows, RankUser};
 use funnel::ranking::input::{DeviceKind, INPUT_DIM};
+use funnel::rerank::filters::ItemFilter;
 use index_builder::build::{run, BuildArgs};
 use index_builder::config::BuildConfig;
 use index_builder::dataset::{CatalogDefaults, Dataset};
@@ -69,11 +71,20 @@ fn builder_and_server_encode_identical_rows() {
             continue;
         }
         let mut trained = Vec::new();
-        stage.encode(&ds, u, &cands, &mut trained);
+        stage.encode(&ds, u, stage.cutoff, &cands, &mut trained);
 
         let features = store
             .get(Entity::User, ds.user_ids[u as usize])
             .map(UserFeatures::from_row);
+        // The recent items exactly as the server's query state orders them.
+        let q = query_state(
+            &bundle,
+            features.as_ref(),
+            &[],
+            &[],
+            ItemFilter::default(),
+            0.0,
+        );
         let user = RankUser::from_features(
             &bundle.catalog,
             &bundle.category_prior,
@@ -81,6 +92,7 @@ fn builder_and_server_encode_identical_rows() {
             DeviceKind::Unknown,
             false,
             cutoff,
+            &q.recent,
         );
         let mut served = Vec::new();
         encode_rows(

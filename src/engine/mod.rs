@@ -151,10 +151,21 @@ impl Engine {
     /// Takes the bundle's components into serving form. `redis` None = the embedded store.
     pub fn new(
         mut bundle: Bundle,
-        cfg: EngineConfig,
+        mut cfg: EngineConfig,
         redis: Option<RedisFeatureStore>,
     ) -> Result<Arc<Self>, EngineError> {
         cfg.validate().map_err(EngineError::Config)?;
+        if cfg.ranking.strategy_from_bundle {
+            if let Some(best) = bundle
+                .rankers_manifest
+                .as_ref()
+                .and_then(|m| m.ensemble.as_ref())
+                .and_then(|e| e.best_strategy())
+            {
+                tracing::info!(strategy = %best, "combination strategy from the bundle's validation");
+                cfg.ranking.strategy = best;
+            }
+        }
         warn_on_plan_mismatch(&bundle, &cfg);
         // Before the rankers warm up, so their cost models see serving's threading.
         apply_matmul_threads(cfg.server.matmul_threads);

@@ -24,6 +24,8 @@ pub struct UserFeatures {
     pub recent_items: Vec<u64>,
     pub category_prefs: BTreeMap<String, f32>,
     pub history_len: u32,
+    /// Unix time of the user's last interaction the build saw (None = unknown).
+    pub last_active_at: Option<i64>,
     /// Nightly batch top-k item ids, best first.
     pub batch_recs: Vec<u64>,
     /// Streaming: items engaged with since the build, newest first (from event ingestion).
@@ -58,6 +60,11 @@ impl UserFeatures {
                 .and_then(|v| v.as_i64())
                 .map(|n| n.clamp(0, u32::MAX as i64) as u32)
                 .unwrap_or(0),
+            // 0 is the declared default: unknown.
+            last_active_at: row
+                .get("last_active_at")
+                .and_then(|v| v.as_i64())
+                .filter(|&t| t > 0),
             batch_recs: ids("batch_recs"),
             stream_recent: ids(RECENT_FEATURE),
             seen: ids(SEEN_FEATURE),

@@ -166,6 +166,7 @@ fn unsourced(item: ItemIdx, score: f32) -> Candidate {
         item,
         source_scores: [0.0; N_SOURCES],
         source_mask: 0,
+        source_ranks: [0; N_SOURCES],
         score,
     }
 }

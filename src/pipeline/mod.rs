@@ -26,6 +26,7 @@ use std::time::Instant;
 use crate::api::{ApiError, Degradation, Explain, RecommendResponse, Timings, ValidRequest};
 use crate::bundle::Bundle;
 use crate::features::online::UserFeatures;
+use crate::ranking::encode::RankUser;
 
 use self::context::{RequestCtx, RequestStage};
 use self::fallback::FallbackStage;
@@ -116,9 +117,21 @@ impl Pipeline {
         let overrides = Arc::new(overrides);
         let (f, over) = (user.features.as_ref(), &req.ranking);
         let ranked = if level <= Degradation::StaleFeatures {
+            // The encoder's view of the user: features, device, session, recent items.
+            let has_session = !ctx.session.is_empty();
+            let (catalog, prior) = (&b.catalog, &b.category_prior);
+            let who = RankUser::from_features(
+                catalog,
+                prior,
+                f,
+                ctx.device,
+                has_session,
+                ctx.now,
+                &q.recent,
+            );
             Some(
                 self.rank
-                    .run(b, &ctx, f, &cands.list, &overrides, over)
+                    .run(b, &ctx, who, &cands.list, &overrides, over)
                     .await,
             )
         } else {

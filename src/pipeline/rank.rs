@@ -14,7 +14,6 @@ use super::report::ms;
 use crate::api::{EnsembleExplain, RankingOverride, SelectedModel, SkippedModel};
 use crate::bundle::Bundle;
 use crate::config::RankingConfig;
-use crate::features::online::UserFeatures;
 use crate::merge::Candidate;
 use crate::ranking::combine::{combine, Strategy};
 use crate::ranking::controller::LatencyController;
@@ -79,20 +78,12 @@ impl RankStage {
         &self,
         bundle: &Arc<Bundle>,
         ctx: &RequestCtx,
-        features: Option<&UserFeatures>,
+        user: RankUser,
         cands: &[Candidate],
         overrides: &Arc<Overrides>,
         over: &RankingOverride,
     ) -> Ranking {
         let (deadline, explain) = (ctx.deadline, ctx.explain);
-        let user = RankUser::from_features(
-            &bundle.catalog,
-            &bundle.category_prior,
-            features,
-            ctx.device,
-            !ctx.session.is_empty(),
-            ctx.now,
-        );
         let rc = &self.cfg;
         let rank = &self.registry;
         let remaining_ms = deadline

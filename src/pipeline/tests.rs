@@ -235,6 +235,7 @@ fn cand(item: u32, score: f32) -> Candidate {
         item,
         source_scores: [0.0; N_SOURCES],
         source_mask: 1,
+        source_ranks: [0; N_SOURCES],
         score,
     }
 }

@@ -9,7 +9,8 @@ use crate::catalog::Catalog;
 use crate::features::online::{ItemOverride, UserFeatures};
 use crate::merge::Candidate;
 use crate::ranking::input::{
-    push_row, CandidateSignals, DeviceKind, ItemSignals, UserSignals, INPUT_DIM,
+    push_row, CandidateSignals, DeviceKind, ItemSignals, RecentItem, UserSignals, INPUT_DIM,
+    SEQ_LEN,
 };
 use crate::ItemIdx;
 
@@ -47,6 +48,12 @@ pub struct RankUser {
     pub has_session: bool,
     /// Ages are measured from here (the request's time; the cutoff in training).
     pub now: i64,
+    /// The user's most recent distinct items, most recent first: the session, then what events
+    /// streamed since the build, then the stored history (the sources' `recent_items`).
+    pub recent: Vec<ItemIdx>,
+    /// When the user last interacted (None = unknown); `now` when they are active right now
+    /// (a session, or events since the build).
+    pub last_active: Option<i64>,
 }
 
 impl RankUser {
@@ -58,6 +65,7 @@ impl RankUser {
         device: DeviceKind,
         has_session: bool,
         now: i64,
+        recent: &[ItemIdx],
     ) -> Self {
         let mut prefs = vec![0.0f32; catalog.categories.len()];
         if let Some(f) = f {
@@ -74,6 +82,12 @@ impl RankUser {
             device,
             has_session,
             now,
+            recent: recent[..recent.len().min(SEQ_LEN)].to_vec(),
+            last_active: if has_session || f.is_some_and(|f| !f.stream_recent.is_empty()) {
+                Some(now)
+            } else {
+                f.and_then(|f| f.last_active_at)
+            },
         }
     }
 }
@@ -102,14 +116,27 @@ pub fn encode_rows(
     overrides: &HashMap<ItemIdx, ItemOverride>,
     rows: &mut Vec<f32>,
 ) {
+    let zero = vec![0.0f32; items.dim];
+    let recent: Vec<RecentItem> = user
+        .recent
+        .iter()
+        .take(SEQ_LEN)
+        .map(|&i| RecentItem {
+            embedding: items.embedding(i).unwrap_or(&zero),
+            categories: items.catalog.get(i).map_or(&[][..], |it| &it.categories),
+        })
+        .collect();
     let u = UserSignals {
         embedding: user.embedding.as_deref(),
         category_prefs: &user.prefs,
         history_len: user.history_len,
         device: user.device,
         has_session: user.has_session,
+        recent: &recent,
+        gap_days: user
+            .last_active
+            .map(|t| (user.now - t).max(0) as f32 / 86_400.0),
     };
-    let zero = vec![0.0f32; items.dim];
     rows.reserve(cands.len() * INPUT_DIM);
     for c in cands {
         let Some(item) = items.catalog.get(c.item) else {
@@ -135,6 +162,7 @@ pub fn encode_rows(
         let cs = CandidateSignals {
             source_scores: c.source_scores,
             source_mask: c.source_mask,
+            source_ranks: c.source_ranks,
             merged_score: c.score,
         };
         push_row(rows, &u, &i, &cs);
@@ -175,6 +203,7 @@ mod tests {
             item: 0,
             source_scores: [0.0; crate::sources::N_SOURCES],
             source_mask: 1,
+            source_ranks: [0; crate::sources::N_SOURCES],
             score: 1.0,
         };
         let encode = |pop: f32| {

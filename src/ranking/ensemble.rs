@@ -79,6 +79,22 @@ pub struct EnsembleManifest {
 }
 
 impl EnsembleManifest {
+    /// The combination strategy with the best validation NDCG@20 (ties: the earlier one).
+    pub fn best_strategy(&self) -> Option<Strategy> {
+        self.strategies
+            .iter()
+            .filter_map(|s| {
+                s.ndcg_at_20
+                    .filter(|v| v.is_finite())
+                    .map(|v| (s.strategy, v))
+            })
+            .fold(None, |best: Option<(Strategy, f64)>, (st, v)| match best {
+                Some((_, b)) if b >= v => best,
+                _ => Some((st, v)),
+            })
+            .map(|(st, _)| st)
+    }
+
     /// The stats for `segment`, falling back to `all` when the segment was not measured.
     pub fn segment(&self, segment: u8) -> Option<&SegmentStats> {
         self.segments

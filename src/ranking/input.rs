@@ -29,6 +29,14 @@
 //! | 84..88    | device one-hot (unknown, mobile, desktop, tv)                             |
 //! | 88        | has_session flag                                                          |
 //! | 89        | promoted flag                                                             |
+//! | 90..94    | per-source rank, 1 / log2(1 + rank) (0 when the source did not propose it) |
+//! | 94..104   | cosine(item, j-th most recent item), j < `SEQ_LEN` (0 when absent)         |
+//! | 104..114  | position present: the j-th recent item exists and both vectors are non-zero |
+//! | 114       | max cosine to the recent items                                             |
+//! | 115       | mean cosine to the present recent items                                    |
+//! | 116       | share of the recent items sharing a category with the candidate            |
+//! | 117       | ln(1 + days since the user's last interaction) (0 when unknown)            |
+//! | 118       | last interaction known flag                                                |
 //!
 //! Every emitted value is finite: non-finite inputs are treated as 0 so one bad signal cannot turn
 //! a whole batch's scores into NaN.
@@ -44,10 +52,14 @@ pub const EMB_DIM: usize = 64;
 pub const N_SOURCES: usize = crate::sources::N_SOURCES;
 
 /// Number of floats in one ranker input row.
-pub const INPUT_DIM: usize = col::PROMOTED + 1;
+pub const INPUT_DIM: usize = col::GAP_KNOWN + 1;
 
 /// Version of the layout above; bump on any change so stale models are rejected at load time.
-pub const INPUT_LAYOUT_VERSION: u32 = 1;
+/// 2: per-source ranks, the recent-item sequence block and the time since the last interaction.
+pub const INPUT_LAYOUT_VERSION: u32 = 2;
+
+/// How many of the user's most recent items (most recent first) the sequence block describes.
+pub const SEQ_LEN: usize = 10;
 
 /// Freshness decay time constant in days (exp(-age / FRESHNESS_TAU_DAYS)).
 const FRESHNESS_TAU_DAYS: f32 = 30.0;
@@ -78,6 +90,19 @@ pub mod col {
     pub const DEVICE: usize = COLD_USER + 1;
     pub const HAS_SESSION: usize = DEVICE + 4;
     pub const PROMOTED: usize = HAS_SESSION + 1;
+    /// First of `N_SOURCES` per-source rank columns.
+    pub const SOURCE_RANKS: usize = PROMOTED + 1;
+    /// First of `SEQ_LEN` cosine similarities to the recent items, most recent first.
+    pub const SEQ_SIM: usize = SOURCE_RANKS + N_SOURCES;
+    /// First of `SEQ_LEN` position-present bits.
+    pub const SEQ_MASK: usize = SEQ_SIM + super::SEQ_LEN;
+    pub const SEQ_MAX_SIM: usize = SEQ_MASK + super::SEQ_LEN;
+    pub const SEQ_MEAN_SIM: usize = SEQ_MAX_SIM + 1;
+    pub const SEQ_CAT_SHARE: usize = SEQ_MEAN_SIM + 1;
+    /// ln(1 + days since the user's last interaction): a user returning after weeks wants
+    /// something else (what is new) than one in the middle of a session (what follows).
+    pub const LOG_GAP_DAYS: usize = SEQ_CAT_SHARE + 1;
+    pub const GAP_KNOWN: usize = LOG_GAP_DAYS + 1;
 }
 
 /// Device the request came from.
@@ -127,6 +152,17 @@ pub struct UserSignals<'a> {
     pub history_len: u32,
     pub device: DeviceKind,
     pub has_session: bool,
+    /// The user's most recent items, most recent first (only the first `SEQ_LEN` are used).
+    pub recent: &'a [RecentItem<'a>],
+    /// Days since the user's last interaction, None when unknown.
+    pub gap_days: Option<f32>,
+}
+
+/// One of the user's recent items, as the sequence block sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct RecentItem<'a> {
+    pub embedding: &'a [f32],
+    pub categories: &'a [u32],
 }
 
 /// Per-candidate item signals.
@@ -150,6 +186,8 @@ pub struct CandidateSignals {
     pub source_scores: [f32; N_SOURCES],
     /// Bit i set = source i proposed the candidate.
     pub source_mask: u8,
+    /// 1-based position in each source's list, 0 = not proposed.
+    pub source_ranks: [u32; N_SOURCES],
     pub merged_score: f32,
 }
 
@@ -183,6 +221,18 @@ pub fn feature_names() -> Vec<String> {
         "device_tv",
         "has_session",
         "promoted",
+    ] {
+        names.push(n.to_string());
+    }
+    names.extend(sources.iter().map(|s| format!("src_rank_{s}")));
+    names.extend((0..SEQ_LEN).map(|j| format!("seq_sim_{j}")));
+    names.extend((0..SEQ_LEN).map(|j| format!("seq_present_{j}")));
+    for n in [
+        "seq_max_sim",
+        "seq_mean_sim",
+        "seq_cat_share",
+        "log_gap_days",
+        "gap_known",
     ] {
         names.push(n.to_string());
     }
@@ -306,6 +356,59 @@ fn encode_exact(user: &UserSignals, item: &ItemSignals, cand: &CandidateSignals,
     out[col::DEVICE + user.device.index()] = 1.0;
     out[col::HAS_SESSION] = flag(user.has_session);
     out[col::PROMOTED] = flag(item.promoted);
+
+    for s in 0..N_SOURCES {
+        let r = cand.source_ranks[s];
+        if r > 0 {
+            out[col::SOURCE_RANKS + s] = 1.0 / (1.0 + r as f32).log2();
+        }
+    }
+    encode_sequence(user.recent, item, out);
+    if let Some(g) = user.gap_days {
+        out[col::LOG_GAP_DAYS] = fin(g).max(0.0).ln_1p();
+        out[col::GAP_KNOWN] = 1.0;
+    }
+}
+
+/// The sequence block: how the candidate relates to each of the user's last `SEQ_LEN` items.
+fn encode_sequence(recent: &[RecentItem], item: &ItemSignals, out: &mut [f32]) {
+    let recent = &recent[..recent.len().min(SEQ_LEN)];
+    if recent.is_empty() {
+        return;
+    }
+    let norm = |v: &[f32]| v.iter().map(|&x| fin(x) * fin(x)).sum::<f32>().sqrt();
+    let item_ok = item.embedding.len() == EMB_DIM;
+    let ni = if item_ok { norm(item.embedding) } else { 0.0 };
+    let (mut max, mut sum, mut present, mut shared) = (f32::NEG_INFINITY, 0.0f32, 0u32, 0u32);
+    for (j, r) in recent.iter().enumerate() {
+        if r.categories.iter().any(|c| item.categories.contains(c)) {
+            shared += 1;
+        }
+        if ni <= 0.0 || r.embedding.len() != EMB_DIM {
+            continue;
+        }
+        let nr = norm(r.embedding);
+        if nr.is_nan() || nr <= 0.0 {
+            continue;
+        }
+        let dot: f32 = r
+            .embedding
+            .iter()
+            .zip(item.embedding)
+            .map(|(&a, &b)| fin(a) * fin(b))
+            .sum();
+        let cos = fin(dot / (ni * nr)).clamp(-1.0, 1.0);
+        out[col::SEQ_SIM + j] = cos;
+        out[col::SEQ_MASK + j] = 1.0;
+        max = max.max(cos);
+        sum += cos;
+        present += 1;
+    }
+    if present > 0 {
+        out[col::SEQ_MAX_SIM] = max;
+        out[col::SEQ_MEAN_SIM] = sum / present as f32;
+    }
+    out[col::SEQ_CAT_SHARE] = shared as f32 / recent.len() as f32;
 }
 
 #[cfg(test)]
@@ -321,9 +424,9 @@ mod tests {
 
     #[test]
     fn layout_is_consistent() {
-        assert_eq!(INPUT_DIM, 90);
+        assert_eq!(INPUT_DIM, 119);
         assert_eq!(feature_names().len(), INPUT_DIM);
-        assert_eq!(col::PROMOTED, INPUT_DIM - 1);
+        assert_eq!(col::GAP_KNOWN, INPUT_DIM - 1);
     }
 
     #[test]
@@ -347,6 +450,8 @@ mod tests {
             history_len: 0,
             device: DeviceKind::Tv,
             has_session: true,
+            recent: &[],
+            gap_days: None,
         };
         let item = ItemSignals {
             embedding: &i,
@@ -359,6 +464,7 @@ mod tests {
         let cand = CandidateSignals {
             source_scores: [0.9, 0.0, 0.4, 0.0],
             source_mask: 0b0101,
+            source_ranks: [1, 0, 3, 0],
             merged_score: 0.7,
         };
         let mut row = vec![0.0; INPUT_DIM];
@@ -390,6 +496,63 @@ mod tests {
         assert_eq!(&row[col::DEVICE..col::DEVICE + 4], &[0.0, 0.0, 0.0, 1.0]);
         assert_eq!(row[col::HAS_SESSION], 1.0);
         assert_eq!(row[col::PROMOTED], 1.0);
+        assert_eq!(row[col::SOURCE_RANKS], 1.0);
+        assert_eq!(row[col::SOURCE_RANKS + 1], 0.0);
+        assert_eq!(row[col::SOURCE_RANKS + 2], 0.5);
+        // No recent items: the sequence block is empty.
+        assert!(row[col::SEQ_SIM..].iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn sequence_block_describes_the_recent_items_in_order() {
+        let i = emb(2.0);
+        let zero = vec![0.0; EMB_DIM];
+        let neg: Vec<f32> = i.iter().map(|v| -v).collect();
+        let recent = [
+            RecentItem {
+                embedding: &i,
+                categories: &[4],
+            },
+            RecentItem {
+                embedding: &zero,
+                categories: &[1],
+            },
+            RecentItem {
+                embedding: &neg,
+                categories: &[9],
+            },
+        ];
+        let user = UserSignals {
+            embedding: None,
+            category_prefs: &[],
+            history_len: 3,
+            device: DeviceKind::Unknown,
+            has_session: false,
+            recent: &recent,
+            gap_days: Some(2.0),
+        };
+        let item = ItemSignals {
+            embedding: &i,
+            categories: &[1, 4],
+            log_popularity: 0.0,
+            trending: 0.0,
+            age_days: 0.0,
+            promoted: false,
+        };
+        let mut row = vec![0.0; INPUT_DIM];
+        encode_row(&user, &item, &CandidateSignals::default(), &mut row);
+        assert!((row[col::SEQ_SIM] - 1.0).abs() < 1e-5);
+        assert_eq!(row[col::SEQ_SIM + 1], 0.0);
+        assert!((row[col::SEQ_SIM + 2] + 1.0).abs() < 1e-5);
+        assert_eq!(
+            &row[col::SEQ_MASK..col::SEQ_MASK + 4],
+            &[1.0, 0.0, 1.0, 0.0]
+        );
+        assert!((row[col::SEQ_MAX_SIM] - 1.0).abs() < 1e-5);
+        assert!(row[col::SEQ_MEAN_SIM].abs() < 1e-5);
+        assert!((row[col::SEQ_CAT_SHARE] - 2.0 / 3.0).abs() < 1e-6);
+        assert!((row[col::LOG_GAP_DAYS] - 3.0f32.ln()).abs() < 1e-6);
+        assert_eq!(row[col::GAP_KNOWN], 1.0);
     }
 
     #[test]
@@ -401,6 +564,8 @@ mod tests {
             history_len: 12,
             device: DeviceKind::Mobile,
             has_session: false,
+            recent: &[],
+            gap_days: None,
         };
         let item = ItemSignals {
             embedding: &i,
@@ -445,15 +610,22 @@ mod tests {
             dev in 0usize..4,
             pop in any_f32(), trend in any_f32(), age in any_f32(),
             scores in prop::array::uniform4(any_f32()),
+            ranks in prop::array::uniform4(prop_oneof![Just(0u32), any::<u32>()]),
+            recent in prop::collection::vec(
+                (prop::collection::vec(any_f32(), 0..70), prop::collection::vec(0u32..8, 0..3)),
+                0..14,
+            ),
             mask in any::<u8>(),
+            gap in any_f32(),
             merged in any_f32(),
             flags in any::<(bool, bool)>(),
             out_len in prop_oneof![8 => Just(INPUT_DIM), 1 => 0usize..200],
         ) {
             let device = [DeviceKind::Unknown, DeviceKind::Mobile, DeviceKind::Desktop, DeviceKind::Tv][dev];
-            let user = UserSignals { embedding: u.as_deref(), category_prefs: &prefs, history_len: hist, device, has_session: flags.0 };
+            let recent: Vec<RecentItem> = recent.iter().map(|(e, c)| RecentItem { embedding: e, categories: c }).collect();
+            let user = UserSignals { embedding: u.as_deref(), category_prefs: &prefs, history_len: hist, device, has_session: flags.0, recent: &recent, gap_days: Some(gap).filter(|_| flags.0) };
             let item = ItemSignals { embedding: &i, categories: &cats, log_popularity: pop, trending: trend, age_days: age, promoted: flags.1 };
-            let cand = CandidateSignals { source_scores: scores, source_mask: mask, merged_score: merged };
+            let cand = CandidateSignals { source_scores: scores, source_mask: mask, source_ranks: ranks, merged_score: merged };
             let mut out = vec![f32::NAN; out_len];
             encode_row(&user, &item, &cand, &mut out);
             prop_assert!(out.iter().all(|v| v.is_finite()));
@@ -470,6 +642,23 @@ mod tests {
             prop_assert!((-1.0..=1.0).contains(&full[col::COSINE]));
             prop_assert_eq!(full[col::DEVICE..col::DEVICE + 4].iter().sum::<f32>(), 1.0);
             prop_assert_eq!(full[col::N_SOURCES_COL], (mask & 0x0F).count_ones() as f32);
+            for s in 0..N_SOURCES {
+                let r = full[col::SOURCE_RANKS + s];
+                // Not proposed → exactly 0; proposed → in (0, 1], best rank 1.
+                prop_assert_eq!(r == 0.0, ranks[s] == 0);
+                prop_assert!((0.0..=1.0).contains(&r));
+            }
+            for j in 0..SEQ_LEN {
+                let (sim, present) = (full[col::SEQ_SIM + j], full[col::SEQ_MASK + j]);
+                prop_assert!((-1.0..=1.0).contains(&sim));
+                prop_assert!(present == 0.0 || present == 1.0);
+                // A position with no recent item (or an unusable vector) carries nothing.
+                if present == 0.0 { prop_assert_eq!(sim, 0.0); }
+                if j >= recent.len() { prop_assert_eq!(present, 0.0); }
+            }
+            prop_assert!((0.0..=1.0).contains(&full[col::SEQ_CAT_SHARE]));
+            prop_assert!(full[col::LOG_GAP_DAYS] >= 0.0);
+            prop_assert_eq!(full[col::GAP_KNOWN], f32::from(flags.0));
         }
     }
 }

@@ -80,24 +80,30 @@ pub trait Ranker: Send + Sync {
     fn score(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, RankError>;
 }
 
-/// Model architecture. Serialized lowercase (`"logistic"`, `"mlp"`, `"dcn"`).
+/// Model architecture. Serialized lowercase (`"logistic"`, `"mlp"`, `"dcn"`, `"fm"`, `"seq"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
     Logistic,
     Mlp,
     Dcn,
+    /// Factorization machine on the tabular view.
+    Fm,
+    /// Target attention over the recent-item sequence.
+    Seq,
 }
 
 impl Arch {
     /// Every architecture, in training order.
-    pub const ALL: [Arch; 3] = [Arch::Logistic, Arch::Mlp, Arch::Dcn];
+    pub const ALL: [Arch; 5] = [Arch::Logistic, Arch::Mlp, Arch::Dcn, Arch::Fm, Arch::Seq];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Arch::Logistic => "logistic",
             Arch::Mlp => "mlp",
             Arch::Dcn => "dcn",
+            Arch::Fm => "fm",
+            Arch::Seq => "seq",
         }
     }
 }
@@ -140,6 +146,11 @@ pub struct RankerMetrics {
     pub final_train_loss: Option<f64>,
     pub train_seconds: f64,
     pub n_params: usize,
+    /// The training objective: `pointwise` (binary cross-entropy) or `listwise` (softmax
+    /// cross-entropy over each user's candidate list, plus a small cross-entropy term).
+    pub objective: String,
+    /// The epoch whose weights were kept (best validation NDCG@20); None = the last one.
+    pub best_epoch: Option<usize>,
 }
 
 /// Everything needed to rebuild and judge one trained model.

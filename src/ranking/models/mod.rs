@@ -8,8 +8,10 @@
 //! arms below).
 
 pub mod dcn;
+pub mod fm;
 pub mod logistic;
 pub mod mlp;
+pub mod seq;
 
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Linear, VarBuilder, VarMap};
@@ -44,6 +46,8 @@ impl NetConfig {
                 dcn::DEFAULT_CROSS_LAYERS,
                 dcn::DEFAULT_CROSS_RANK,
             ),
+            Arch::Fm => (vec![fm::DEFAULT_FACTORS], 0, 0),
+            Arch::Seq => (seq::DEFAULT_HIDDEN.to_vec(), 0, 0),
         };
         NetConfig {
             input_dim,
@@ -63,7 +67,14 @@ pub fn build(arch: Arch, cfg: &NetConfig, vb: VarBuilder) -> candle_core::Result
         Arch::Logistic => Box::new(logistic::Logistic::new(cfg, vb)?),
         Arch::Mlp => Box::new(mlp::Mlp::new(cfg, vb)?),
         Arch::Dcn => Box::new(dcn::Dcn::new(cfg, vb)?),
+        Arch::Fm => Box::new(fm::Fm::new(cfg, vb)?),
+        Arch::Seq => Box::new(seq::Seq::new(cfg, vb)?),
     })
+}
+
+/// The columns `cols` (a u32 index tensor) of `(n, d)` rows: a member's own feature view.
+pub fn select_columns(xs: &Tensor, cols: &Tensor) -> candle_core::Result<Tensor> {
+    xs.index_select(cols, 1)?.contiguous()
 }
 
 /// Fully connected layer `y = x Wᵀ + b` with the same variables (`weight` `(out, in)`, `bias`
