@@ -64,12 +64,11 @@ pub fn evaluate(
     max_users: usize,
 ) -> EvalReport {
     let mut rel: Vec<HashSet<ItemIdx>> = vec![HashSet::new(); ds.n_users()];
-    // Each user is served when they come back: at their first held-out interaction.
-    let mut asked_at = vec![i64::MAX; ds.n_users()];
     for e in test {
         rel[e.user as usize].insert(e.item);
-        asked_at[e.user as usize] = asked_at[e.user as usize].min(e.ts);
     }
+    // Each user is served when they come back: at their first held-out interaction.
+    let asked_at = crate::examples::request_times(test, ds.n_users());
     let mut users: Vec<UserIdx> = Vec::new();
     for u in 0..ds.n_users() as u32 {
         let seen: HashSet<ItemIdx> = stage.hist.items(u).iter().copied().collect();

@@ -104,12 +104,7 @@ impl Stage {
         let cf = Arc::new(CfSource::new(cf_n));
         let content = Arc::new(ContentSource::new(cats));
         let trend = Arc::new(TrendingSource::new(trending.list.clone()));
-        let sources: Vec<Arc<dyn CandidateSource>> = vec![
-            Arc::new(AnnSource::new(graph.clone())),
-            cf.clone(),
-            content.clone(),
-            trend.clone(),
-        ];
+        let sources = source_set(&graph, &cf, &content, trend.clone(), cfg);
         Ok(Stage {
             cutoff,
             n_categories: prior.len(),
@@ -121,7 +116,7 @@ impl Stage {
             cf,
             content,
             trend,
-            sources: SourceSet::offline(sources, &cfg.serving.quotas),
+            sources,
             merge: MergeStage::new(&cfg.serving.merge),
             trending,
             snapshots: Vec::new(),
@@ -145,16 +140,11 @@ impl Stage {
                 // Events are time-sorted: everything before `at` is a prefix.
                 let end = events.partition_point(|e| e.ts < at);
                 let trending = trending::build(&ds.catalog, &events[..end], at, &cfg.trending);
-                let sources: Vec<Arc<dyn CandidateSource>> = vec![
-                    Arc::new(AnnSource::new(self.ann_graph.clone())),
-                    self.cf.clone(),
-                    self.content.clone(),
-                    Arc::new(TrendingSource::new(trending.list.clone())),
-                ];
+                let trend = Arc::new(TrendingSource::new(trending.list.clone()));
                 Snapshot {
                     at,
+                    sources: source_set(&self.ann_graph, &self.cf, &self.content, trend, cfg),
                     trending,
-                    sources: SourceSet::offline(sources, &cfg.serving.quotas),
                 }
             })
             .collect();
@@ -275,6 +265,24 @@ impl Stage {
             rows,
         );
     }
+}
+
+/// The server's four sources over one stage's models, in `SourceId` order, under the serving
+/// config's quotas.
+fn source_set(
+    graph: &Arc<FrozenHnsw>,
+    cf: &Arc<CfSource>,
+    content: &Arc<ContentSource>,
+    trend: Arc<TrendingSource>,
+    cfg: &BuildConfig,
+) -> SourceSet {
+    let sources: Vec<Arc<dyn CandidateSource>> = vec![
+        Arc::new(AnnSource::new(graph.clone())),
+        cf.clone(),
+        content.clone(),
+        trend,
+    ];
+    SourceSet::offline(sources, &cfg.serving.quotas)
 }
 
 pub struct Retrieved {

@@ -459,12 +459,11 @@ fn listwise_loss(
 
 /// Numerically stable mean BCE with logits: max(z,0) − z·y + ln(1 + e^{−|z|}).
 /// (candle's version takes log(sigmoid), which overflows for confident logits.)
-/// `w` weighs the rows (weighted mean).
-fn bce_with_logits(z: &Tensor, y: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+/// `w` weighs the rows (weighted mean; `w_sum` is their sum, known on the host).
+fn bce_with_logits(z: &Tensor, y: &Tensor, w: &Tensor, w_sum: f64) -> candle_core::Result<Tensor> {
     let softplus = z.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
     let per_row = ((z.relu()? - (z * y)?)? + softplus)?;
-    let total = w.sum_all()?.to_scalar::<f32>()?.max(f32::MIN_POSITIVE) as f64;
-    (per_row * w)?.sum_all()? / total
+    (per_row * w)?.sum_all()? / w_sum.max(f64::MIN_POSITIVE)
 }
 
 /// Users back after at least this many days count as returning (their own stratum below).
@@ -598,7 +597,8 @@ fn train_one(
                 let ys = Tensor::from_slice(&ybuf, batch.len(), &dev)?;
                 let logits = net.forward(&xs)?.flatten_all()?;
                 let ws = Tensor::from_slice(&wbuf, batch.len(), &dev)?;
-                let bce = bce_with_logits(&logits, &ys, &ws)?;
+                let w_sum: f64 = wbuf.iter().map(|&w| w as f64).sum();
+                let bce = bce_with_logits(&logits, &ys, &ws, w_sum)?;
                 let loss = if listwise {
                     let zv = logits.to_vec1::<f32>()?;
                     match listwise_loss(&logits, &zv, &ybuf, &lbuf, n_lists, &wbuf)? {

@@ -373,10 +373,7 @@ fn next_follows_last(rng: &mut StdRng, users: usize) -> ExampleSet {
         let recent_idx: Vec<usize> = (0..10).map(|_| rng.gen_range(0..items.len())).collect();
         let recent: Vec<RecentItem> = recent_idx
             .iter()
-            .map(|&i| RecentItem {
-                embedding: &items[i].0,
-                categories: &items[i].1,
-            })
+            .map(|&i| RecentItem::new(&items[i].0, &items[i].1))
             .collect();
         let mut prefs = vec![0.0f32; CATS];
         for &i in &recent_idx {

@@ -119,10 +119,9 @@ impl Pipeline {
         let ranked = if level <= Degradation::StaleFeatures {
             // The encoder's view of the user: features, device, session, recent items.
             let has_session = !ctx.session.is_empty();
-            let (catalog, prior) = (&b.catalog, &b.category_prior);
             let who = RankUser::from_features(
-                catalog,
-                prior,
+                &b.catalog,
+                &b.category_prior,
                 f,
                 ctx.device,
                 has_session,

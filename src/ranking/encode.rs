@@ -121,9 +121,11 @@ pub fn encode_rows(
         .recent
         .iter()
         .take(SEQ_LEN)
-        .map(|&i| RecentItem {
-            embedding: items.embedding(i).unwrap_or(&zero),
-            categories: items.catalog.get(i).map_or(&[][..], |it| &it.categories),
+        .map(|&i| {
+            RecentItem::new(
+                items.embedding(i).unwrap_or(&zero),
+                items.catalog.get(i).map_or(&[][..], |it| &it.categories),
+            )
         })
         .collect();
     let u = UserSignals {

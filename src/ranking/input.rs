@@ -158,11 +158,34 @@ pub struct UserSignals<'a> {
     pub gap_days: Option<f32>,
 }
 
-/// One of the user's recent items, as the sequence block sees it.
+/// One of the user's recent items, as the sequence block sees it. Built once per request
+/// ([`RecentItem::new`] takes the embedding's norm), then compared with every candidate.
 #[derive(Debug, Clone, Copy)]
 pub struct RecentItem<'a> {
     pub embedding: &'a [f32],
     pub categories: &'a [u32],
+    /// Euclidean norm of `embedding` (non-finite elements count as 0); 0 when unusable.
+    norm: f32,
+}
+
+impl<'a> RecentItem<'a> {
+    pub fn new(embedding: &'a [f32], categories: &'a [u32]) -> Self {
+        let norm = if embedding.len() == EMB_DIM {
+            norm(embedding)
+        } else {
+            0.0
+        };
+        RecentItem {
+            embedding,
+            categories,
+            norm,
+        }
+    }
+}
+
+/// Euclidean norm with non-finite elements as 0.
+fn norm(v: &[f32]) -> f32 {
+    v.iter().map(|&x| fin(x) * fin(x)).sum::<f32>().sqrt()
 }
 
 /// Per-candidate item signals.
@@ -376,19 +399,18 @@ fn encode_sequence(recent: &[RecentItem], item: &ItemSignals, out: &mut [f32]) {
     if recent.is_empty() {
         return;
     }
-    let norm = |v: &[f32]| v.iter().map(|&x| fin(x) * fin(x)).sum::<f32>().sqrt();
-    let item_ok = item.embedding.len() == EMB_DIM;
-    let ni = if item_ok { norm(item.embedding) } else { 0.0 };
+    let ni = if item.embedding.len() == EMB_DIM {
+        norm(item.embedding)
+    } else {
+        0.0
+    };
     let (mut max, mut sum, mut present, mut shared) = (f32::NEG_INFINITY, 0.0f32, 0u32, 0u32);
     for (j, r) in recent.iter().enumerate() {
         if r.categories.iter().any(|c| item.categories.contains(c)) {
             shared += 1;
         }
-        if ni <= 0.0 || r.embedding.len() != EMB_DIM {
-            continue;
-        }
-        let nr = norm(r.embedding);
-        if nr.is_nan() || nr <= 0.0 {
+        let nr = r.norm;
+        if ni <= 0.0 || nr.is_nan() || nr <= 0.0 {
             continue;
         }
         let dot: f32 = r
@@ -509,18 +531,9 @@ mod tests {
         let zero = vec![0.0; EMB_DIM];
         let neg: Vec<f32> = i.iter().map(|v| -v).collect();
         let recent = [
-            RecentItem {
-                embedding: &i,
-                categories: &[4],
-            },
-            RecentItem {
-                embedding: &zero,
-                categories: &[1],
-            },
-            RecentItem {
-                embedding: &neg,
-                categories: &[9],
-            },
+            RecentItem::new(&i, &[4]),
+            RecentItem::new(&zero, &[1]),
+            RecentItem::new(&neg, &[9]),
         ];
         let user = UserSignals {
             embedding: None,
@@ -622,7 +635,7 @@ mod tests {
             out_len in prop_oneof![8 => Just(INPUT_DIM), 1 => 0usize..200],
         ) {
             let device = [DeviceKind::Unknown, DeviceKind::Mobile, DeviceKind::Desktop, DeviceKind::Tv][dev];
-            let recent: Vec<RecentItem> = recent.iter().map(|(e, c)| RecentItem { embedding: e, categories: c }).collect();
+            let recent: Vec<RecentItem> = recent.iter().map(|(e, c)| RecentItem::new(e, c)).collect();
             let user = UserSignals { embedding: u.as_deref(), category_prefs: &prefs, history_len: hist, device, has_session: flags.0, recent: &recent, gap_days: Some(gap).filter(|_| flags.0) };
             let item = ItemSignals { embedding: &i, categories: &cats, log_popularity: pop, trending: trend, age_days: age, promoted: flags.1 };
             let cand = CandidateSignals { source_scores: scores, source_mask: mask, source_ranks: ranks, merged_score: merged };
