@@ -423,6 +423,20 @@ pub struct RetrievalConfig {
     pub quotas: SourceQuotas,
     /// Weight of the session items' mean embedding in the ANN query (0 = user embedding only).
     pub session_blend: f32,
+    /// Which of the bundle's ANN indexes serves: its frozen HNSW graph, or the FAISS index the
+    /// builder wrote when its config had a `[faiss]` factory (needs `--features faiss`).
+    pub ann_backend: AnnBackend,
+    /// FAISS tuning parameters set at load through its ParameterSpace, e.g. `{ efSearch = 128 }`
+    /// for an HNSW factory or `{ nprobe = 32 }` for an IVF one.
+    pub faiss_params: std::collections::BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnnBackend {
+    #[default]
+    Hnsw,
+    Faiss,
 }
 
 const fn d_session_blend() -> f32 {
@@ -434,6 +448,8 @@ impl Default for RetrievalConfig {
         Self {
             quotas: SourceQuotas::default(),
             session_blend: d_session_blend(),
+            ann_backend: AnnBackend::default(),
+            faiss_params: Default::default(),
         }
     }
 }
@@ -515,7 +531,7 @@ impl EngineConfig {
     pub fn validate(&self) -> Result<(), String> {
         let b = &self.budget;
         let r = &self.ranking;
-        let checks: [(bool, &str); 9] = [
+        let checks: [(bool, &str); 10] = [
             (
                 (1..=64).contains(&r.max_models),
                 "ranking.max_models must be within 1..=64",
@@ -540,6 +556,10 @@ impl EngineConfig {
             (
                 (0.0..=1.0).contains(&self.retrieval.session_blend),
                 "retrieval.session_blend must be within [0, 1]",
+            ),
+            (
+                self.retrieval.ann_backend != AnnBackend::Faiss || cfg!(feature = "faiss"),
+                "retrieval.ann_backend = \"faiss\" needs a funnel built with `--features faiss`",
             ),
             (
                 self.features.item_cache_capacity > 0,

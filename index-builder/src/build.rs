@@ -304,7 +304,7 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
         .map_err(BuildError::Invalid)?;
 
     let step = progress.spinner("write artifacts");
-    write_artifacts(&writer, &ds, &stage)?;
+    write_artifacts(&writer, &ds, &stage, cfg)?;
     step.finish();
 
     let rankers: Vec<(String, Box<dyn Ranker>)> = report
@@ -439,7 +439,12 @@ pub fn run(args: BuildArgs) -> Result<BuildOutcome, BuildError> {
     })
 }
 
-fn write_artifacts(w: &BundleWriter, ds: &Dataset, stage: &Stage) -> Result<(), BuildError> {
+fn write_artifacts(
+    w: &BundleWriter,
+    ds: &Dataset,
+    stage: &Stage,
+    cfg: &BuildConfig,
+) -> Result<(), BuildError> {
     ds.catalog.save(&w.path(layout::CATALOG)?)?;
     let hist_len: Vec<u32> = (0..ds.n_users() as u32)
         .map(|u| stage.hist.len(u) as u32)
@@ -470,6 +475,9 @@ fn write_artifacts(w: &BundleWriter, ds: &Dataset, stage: &Stage) -> Result<(), 
         .meta("dim", d)
         .write(&w.path(layout::ITEM_EMBEDDINGS)?)?;
     stage.ann_graph.save(&w.dir().join(layout::ANN_DIR))?;
+    if let Some(f) = &cfg.faiss {
+        write_faiss(w, stage, &f.factory)?;
+    }
     stage.cf.neighbors().save(&w.path(layout::CF_NEIGHBORS)?)?;
     stage
         .content
@@ -484,6 +492,24 @@ fn write_artifacts(w: &BundleWriter, ds: &Dataset, stage: &Stage) -> Result<(), 
         .with("trending", Column::F32(stage.trending.score.clone()))
         .meta("cutoff", stage.cutoff)
         .write(&w.path(layout::POPULARITY)?)?;
+    Ok(())
+}
+
+/// Trains the configured FAISS index on the served item vectors and writes it into `ann/`.
+fn write_faiss(w: &BundleWriter, stage: &Stage, factory: &str) -> Result<(), BuildError> {
+    let t0 = std::time::Instant::now();
+    funnel::sources::ann::write_faiss_index(
+        &w.dir().join(layout::ANN_DIR),
+        &stage.emb.items,
+        stage.emb.dim,
+        factory,
+    )
+    .map_err(BuildError::Invalid)?;
+    tracing::info!(
+        factory,
+        secs = t0.elapsed().as_secs_f64(),
+        "faiss index built"
+    );
     Ok(())
 }
 

@@ -37,6 +37,18 @@ pub struct BuildConfig {
     pub batch: BatchConfig,
     #[serde(default)]
     pub publish: PublishConfig,
+    /// A FAISS index to train and write beside the HNSW graph (`ann/faiss.index`); needs an
+    /// index-builder compiled with `--features faiss`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faiss: Option<FaissBuildConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaissBuildConfig {
+    /// A FAISS index-factory string, built by inner product: "HNSW32,Flat", "IVF1024,Flat",
+    /// "IVF4096,PQ32x4fs,RFlat", …
+    pub factory: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -181,7 +193,7 @@ impl BuildConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 11] = [
+        let checks: [(bool, &str); 13] = [
             (
                 self.als.dim > 0 && self.als.dim <= 1024,
                 "als.dim must be in 1..=1024",
@@ -229,6 +241,14 @@ impl BuildConfig {
             (
                 self.batch.k > 0 && self.publish.keep_versions > 0,
                 "batch.k and publish.keep_versions must be > 0",
+            ),
+            (
+                self.als.cold_start_strength >= 0.0 && self.als.cold_start_strength.is_finite(),
+                "als.cold_start_strength must be >= 0",
+            ),
+            (
+                self.faiss.is_none() || funnel::sources::ann::FAISS_AVAILABLE,
+                "[faiss] needs an index-builder compiled with `--features faiss`",
             ),
         ];
         if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {

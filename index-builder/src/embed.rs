@@ -19,6 +19,11 @@ pub struct AlsConfig {
     pub alpha: f32,
     pub cg_steps: usize,
     pub seed: u64,
+    /// Pseudo-count that pulls an item's vector toward its content vector (the mean vector of
+    /// its categories' and its creator's items): weight `n / (n + strength)` on the ALS vector
+    /// for an item with `n` training users. Items the interactions never saw get the content
+    /// vector itself instead of ALS's zero, so ANN can retrieve them. 0 turns it off.
+    pub cold_start_strength: f32,
 }
 const fn d_dim() -> usize {
     64
@@ -35,6 +40,11 @@ const fn d_alpha() -> f32 {
 const fn d_cg() -> usize {
     3
 }
+// Chosen on validation splits of ML-100K (README Results): 5 beat 0, 1, 2 and 10 on the ANN
+// source's Recall@500 for both holdout kinds.
+const fn d_cold() -> f32 {
+    5.0
+}
 impl Default for AlsConfig {
     fn default() -> Self {
         Self {
@@ -44,6 +54,7 @@ impl Default for AlsConfig {
             alpha: d_alpha(),
             cg_steps: d_cg(),
             seed: 0,
+            cold_start_strength: d_cold(),
         }
     }
 }
@@ -63,6 +74,121 @@ impl Embeddings {
     pub fn item(&self, i: u32) -> &[f32] {
         &self.items[i as usize * self.dim..(i as usize + 1) * self.dim]
     }
+}
+
+/// What [`fill_cold_items`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ColdFill {
+    /// Items without training users that got a content vector.
+    pub filled: usize,
+    /// Items with some users whose vector was shrunk toward their content vector.
+    pub blended: usize,
+    /// Items left with a zero vector (no users and no category or creator with any).
+    pub still_zero: usize,
+}
+
+/// Gives items the interactions say little or nothing about a vector from their content: the
+/// mean of their categories' mean item vectors and their creator's mean item vector (items with
+/// training users only; creator 0 means unknown), blended with the ALS vector by
+/// `n / (n + strength)` for `n` distinct training users. Runs before the ANN index and the
+/// rankers' inputs are built, so the bundle serves the same vectors everything trained on.
+pub fn fill_cold_items(
+    emb: &mut Embeddings,
+    catalog: &funnel::catalog::Catalog,
+    events: &[Event],
+    strength: f32,
+) -> ColdFill {
+    let d = emb.dim;
+    let n_items = emb.items.len() / d.max(1);
+    let mut users = vec![0u32; n_items];
+    for (_, i, _) in aggregate(events) {
+        if let Some(c) = users.get_mut(i as usize) {
+            *c += 1;
+        }
+    }
+    let mut out = ColdFill::default();
+    if strength <= 0.0 || d == 0 {
+        out.still_zero = users.iter().filter(|&&c| c == 0).count();
+        return out;
+    }
+    // Sums of warm item vectors per category and per creator.
+    let n_cats = catalog.categories.len();
+    let mut cat_sum = vec![0f32; n_cats * d];
+    let mut cat_n = vec![0u32; n_cats];
+    let mut creator: std::collections::HashMap<u64, (Vec<f32>, u32)> = Default::default();
+    for (i, item) in catalog.items.iter().enumerate().take(n_items) {
+        if users[i] == 0 {
+            continue;
+        }
+        let v = &emb.items[i * d..(i + 1) * d];
+        for &c in &item.categories {
+            if let Some(n) = cat_n.get_mut(c as usize) {
+                *n += 1;
+                let s = &mut cat_sum[c as usize * d..(c as usize + 1) * d];
+                s.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+            }
+        }
+        if item.creator_id != 0 {
+            let e = creator
+                .entry(item.creator_id)
+                .or_insert_with(|| (vec![0f32; d], 0));
+            e.0.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+            e.1 += 1;
+        }
+    }
+    let mut content = vec![0f32; d];
+    for (i, item) in catalog.items.iter().enumerate().take(n_items) {
+        content.iter_mut().for_each(|x| *x = 0.0);
+        // The categories' means averaged, then averaged with the creator's mean.
+        let mut parts = 0f32;
+        let mut cats = 0f32;
+        let mut cat_mean = vec![0f32; d];
+        for &c in &item.categories {
+            let n = cat_n.get(c as usize).copied().unwrap_or(0);
+            if n > 0 {
+                let s = &cat_sum[c as usize * d..(c as usize + 1) * d];
+                cat_mean
+                    .iter_mut()
+                    .zip(s)
+                    .for_each(|(a, b)| *a += b / n as f32);
+                cats += 1.0;
+            }
+        }
+        if cats > 0.0 {
+            content
+                .iter_mut()
+                .zip(&cat_mean)
+                .for_each(|(a, b)| *a += b / cats);
+            parts += 1.0;
+        }
+        if let Some((s, n)) = creator
+            .get(&item.creator_id)
+            .filter(|_| item.creator_id != 0)
+        {
+            content
+                .iter_mut()
+                .zip(s)
+                .for_each(|(a, b)| *a += b / *n as f32);
+            parts += 1.0;
+        }
+        let v = &mut emb.items[i * d..(i + 1) * d];
+        if parts == 0.0 {
+            if users[i] == 0 {
+                out.still_zero += 1;
+            }
+            continue;
+        }
+        let w = users[i] as f32 / (users[i] as f32 + strength);
+        v.iter_mut()
+            .zip(&content)
+            .for_each(|(a, c)| *a = w * *a + (1.0 - w) * c / parts);
+        if users[i] == 0 {
+            out.filled += 1;
+        } else {
+            out.blended += 1;
+        }
+    }
+    out
 }
 
 /// Sparse rows: for each row, (column, confidence weight) pairs.
@@ -271,5 +397,73 @@ mod tests {
         for other in 10..20 {
             assert!(score(u, held) > score(u, other), "item {other}");
         }
+    }
+
+    fn item(id: u64, categories: Vec<u32>, creator_id: u64) -> funnel::catalog::Item {
+        funnel::catalog::Item {
+            id,
+            title: String::new(),
+            categories,
+            creator_id,
+            published_at: 0,
+            flagged: false,
+            promoted: false,
+        }
+    }
+
+    #[test]
+    fn unseen_items_take_their_content_vector_and_light_ones_lean_toward_it() {
+        // Items 0, 1: category 0; item 2: category 1 by creator 9; item 3: unseen, category 0;
+        // item 4: unseen, category 1, creator 9; item 5: unseen, no category, no creator.
+        let catalog = funnel::catalog::Catalog::new(
+            vec![
+                item(10, vec![0], 0),
+                item(11, vec![0], 0),
+                item(12, vec![1], 9),
+                item(13, vec![0], 0),
+                item(14, vec![1], 9),
+                item(15, vec![], 0),
+            ],
+            vec!["a".into(), "b".into()],
+        );
+        let mut emb = Embeddings {
+            dim: 2,
+            users: vec![0.0; 2],
+            items: vec![1.0, 0.0, 3.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        };
+        let ev = |user, item| Event {
+            user,
+            item,
+            ts: 0,
+            weight: 1.0,
+        };
+        let events = vec![ev(0, 0), ev(0, 1), ev(1, 1), ev(0, 2)];
+        let mut off = Embeddings {
+            dim: 2,
+            users: emb.users.clone(),
+            items: emb.items.clone(),
+        };
+        let none = fill_cold_items(&mut off, &catalog, &events, 0.0);
+        assert_eq!(none.still_zero, 3);
+        assert_eq!(off.items, emb.items, "strength 0 changes nothing");
+
+        let r = fill_cold_items(&mut emb, &catalog, &events, 1.0);
+        assert_eq!(
+            r,
+            ColdFill {
+                filled: 2,
+                blended: 3,
+                still_zero: 1
+            }
+        );
+        // Category 0's mean is (2, 0): item 3 gets it.
+        assert_eq!(emb.item(3), &[2.0, 0.0]);
+        // Item 4: category 1's mean (0, 2) averaged with creator 9's mean (0, 2).
+        assert_eq!(emb.item(4), &[0.0, 2.0]);
+        assert_eq!(emb.item(5), &[0.0, 0.0]);
+        // Item 0 (one user, strength 1): halfway between (1, 0) and (2, 0).
+        assert_eq!(emb.item(0), &[1.5, 0.0]);
+        // Item 1 (two users): 2/3 of (3, 0) + 1/3 of (2, 0).
+        assert!((emb.item(1)[0] - 8.0 / 3.0).abs() < 1e-6);
     }
 }

@@ -27,7 +27,7 @@ use funnel::{ItemIdx, UserIdx};
 
 use crate::config::BuildConfig;
 use crate::dataset::{Dataset, Event, UserHistory};
-use crate::embed::{train_als, Embeddings};
+use crate::embed::{fill_cold_items, train_als, Embeddings};
 use crate::progress::Progress;
 use crate::trending::Trending;
 use crate::{cf, content, trending};
@@ -81,10 +81,17 @@ impl Stage {
             &format!("{label}: embeddings (ALS)"),
             cfg.als.iterations as u64,
         );
-        let emb = train_als(n_u, n_i, events, &cfg.als, |i, _| {
+        let mut emb = train_als(n_u, n_i, events, &cfg.als, |i, _| {
             bar.set_position(i as u64)
         });
+        let cold = fill_cold_items(&mut emb, &ds.catalog, events, cfg.als.cold_start_strength);
         bar.finish();
+        tracing::info!(
+            "{label}: content vectors for {} unseen items, {} light items blended, {} left zero",
+            cold.filled,
+            cold.blended,
+            cold.still_zero
+        );
 
         let bar = progress.spinner(&format!("{label}: ANN index (hnsw_rs)"));
         let graph = Arc::new(FrozenHnsw::build(emb.items.clone(), emb.dim, cfg.hnsw)?);

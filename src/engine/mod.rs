@@ -123,13 +123,30 @@ fn warn_on_plan_mismatch(bundle: &Bundle, cfg: &EngineConfig) {
     }
 }
 
-/// The bundle's retrieval components as candidate sources (the trending one also typed).
-fn take_sources(
-    bundle: &mut Bundle,
-) -> (Vec<Arc<dyn CandidateSource>>, Option<Arc<TrendingSource>>) {
+/// The bundle's retrieval components as candidate sources (the trending one also typed). The
+/// ANN source searches the backend the config names: a FAISS backend the bundle was never built
+/// with is an error here, at load, not a silent fallback; one whose file is missing or corrupt
+/// leaves the ANN source out (degraded) while the other sources serve.
+type TakenSources = (Vec<Arc<dyn CandidateSource>>, Option<Arc<TrendingSource>>);
+
+fn take_sources(bundle: &mut Bundle, cfg: &EngineConfig) -> Result<TakenSources, EngineError> {
     let mut sources: Vec<Arc<dyn CandidateSource>> = Vec::new();
-    if let Some(g) = bundle.ann.take() {
-        sources.push(Arc::new(AnnSource::new(g)));
+    let graph = bundle.ann.take();
+    match cfg.retrieval.ann_backend {
+        crate::config::AnnBackend::Hnsw => {
+            if let Some(g) = graph {
+                sources.push(Arc::new(AnnSource::new(g)));
+            }
+        }
+        crate::config::AnnBackend::Faiss => match load_faiss(bundle, cfg)? {
+            Ok(index) => sources.push(Arc::new(AnnSource::new(index))),
+            // Listed in the manifest but missing or corrupt: served degraded, like any other
+            // component that fails to load, and reported in /readyz.
+            Err(problem) => {
+                tracing::warn!(component = "ann", error = %problem, "bundle component unavailable");
+                bundle.problems.push(("ann".to_string(), problem));
+            }
+        },
     }
     if let Some(cf) = bundle.cf.take() {
         sources.push(Arc::new(CfSource::new(cf)));
@@ -144,7 +161,43 @@ fn take_sources(
     if let Some(t) = &trending {
         sources.push(t.clone());
     }
-    (sources, trending)
+    Ok((sources, trending))
+}
+
+/// Outer error: the bundle cannot serve FAISS at all (refuse to start); inner: this load failed.
+type FaissLoad = Result<Arc<dyn crate::sources::ann::AnnIndex>, String>;
+
+#[cfg(feature = "faiss")]
+fn load_faiss(bundle: &Bundle, cfg: &EngineConfig) -> Result<FaissLoad, EngineError> {
+    use crate::sources::ann::faiss;
+    if !faiss::bundle_has_index(bundle) {
+        return Err(EngineError::Config(format!(
+            "retrieval.ann_backend = \"faiss\", but the bundle at {} has no FAISS index: build \
+             it with an index-builder compiled with `--features faiss` and a `[faiss] factory` \
+             in the build config, or serve with retrieval.ann_backend = \"hnsw\"",
+            bundle.dir.display()
+        )));
+    }
+    let params: Vec<(String, f64)> = cfg
+        .retrieval
+        .faiss_params
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    Ok(match faiss::load_from_bundle(bundle, &params) {
+        Ok(index) => {
+            tracing::info!(factory = index.factory(), "ANN backend: faiss");
+            Ok(Arc::new(index))
+        }
+        Err(e) => Err(e.to_string()),
+    })
+}
+
+#[cfg(not(feature = "faiss"))]
+fn load_faiss(_bundle: &Bundle, _cfg: &EngineConfig) -> Result<FaissLoad, EngineError> {
+    Err(EngineError::Config(
+        "retrieval.ann_backend = \"faiss\" needs a funnel built with `--features faiss`".into(),
+    ))
 }
 
 impl Engine {
@@ -169,7 +222,7 @@ impl Engine {
         warn_on_plan_mismatch(&bundle, &cfg);
         // Before the rankers warm up, so their cost models see serving's threading.
         apply_matmul_threads(cfg.server.matmul_threads);
-        let (sources, trending) = take_sources(&mut bundle);
+        let (sources, trending) = take_sources(&mut bundle, &cfg)?;
         let registry = Registry::new(
             std::mem::take(&mut bundle.rankers),
             bundle.rankers_manifest.as_ref(),

@@ -2,6 +2,8 @@
 //! behind the [`AnnIndex`] trait so the default frozen HNSW graph ([`hnsw::FrozenHnsw`]) and a FAISS
 //! backend (CPU or GPU, behind the `faiss` feature) are interchangeable.
 
+#[cfg(feature = "faiss")]
+pub mod faiss;
 pub mod hnsw;
 pub mod kernels;
 
@@ -10,7 +12,33 @@ use std::sync::Arc;
 use super::{CandidateSource, RetrievalQuery, ScoredItem, SourceError, SourceId};
 use crate::ItemIdx;
 
-/// Inner-product search over unit item vectors (cosine similarity).
+/// Whether this build has the FAISS backend (cargo feature `faiss`).
+pub const FAISS_AVAILABLE: bool = cfg!(feature = "faiss");
+
+/// Trains the FAISS index `factory` by inner product over `vectors` (row-major, `dim` wide) and
+/// writes it into `ann_dir`; the index-builder's step, here so that any crate linking a funnel
+/// built with `faiss` can write one. Without the feature: an error saying so.
+pub fn write_faiss_index(
+    ann_dir: &std::path::Path,
+    vectors: &[f32],
+    dim: usize,
+    factory: &str,
+) -> Result<(), String> {
+    #[cfg(feature = "faiss")]
+    {
+        faiss::FaissIndex::build(vectors, dim, factory)
+            .and_then(|i| i.save_to(ann_dir))
+            .map_err(|e| e.to_string())
+    }
+    #[cfg(not(feature = "faiss"))]
+    {
+        let _ = (ann_dir, vectors, dim, factory);
+        Err("a FAISS index needs a build with `--features faiss`".into())
+    }
+}
+
+/// Maximum-inner-product search over the item vectors (cosine when the index stores them unit
+/// length).
 pub trait AnnIndex: Send + Sync {
     /// Number of indexed items and vector width.
     fn len(&self) -> usize;

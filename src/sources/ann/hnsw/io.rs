@@ -65,12 +65,16 @@ impl FrozenHnsw {
         let mut g = Table::read(&gpath)?;
         let meta = |k: &str| g.meta_usize(k).map_err(|m| bad(&gpath, m));
         let (n, dim, entry, levels) = (meta("n")?, meta("dim")?, meta("entry")?, meta("levels")?);
+        let query_dim = meta("query_dim")?;
         let metric = match g.metadata.get("metric").map(String::as_str) {
+            // Bundles built before ip-NSW named their augmented graph "inner_product"; the extra
+            // column tells them apart.
+            Some("inner_product") if dim == query_dim + 1 => Metric::InnerProductAugmented,
             Some("inner_product") => Metric::InnerProduct,
+            Some("inner_product_augmented") => Metric::InnerProductAugmented,
             Some("cosine") => Metric::Cosine,
             other => return Err(bad(&gpath, format!("unknown metric {other:?}"))),
         };
-        let query_dim = meta("query_dim")?;
         // Graphs saved before these parameters existed: whole lists, f16 walk.
         let base_degree = g.meta_usize("base_degree").unwrap_or(0);
         let walk = match g.metadata.get("walk").map(String::as_str) {
@@ -86,10 +90,7 @@ impl FrozenHnsw {
             base_degree,
             walk,
         };
-        let expected_width = match metric {
-            Metric::InnerProduct => query_dim + 1,
-            Metric::Cosine => query_dim,
-        };
+        let expected_width = metric.stored_width(query_dim);
         if expected_width != dim {
             return Err(bad(
                 &gpath,

@@ -1,5 +1,7 @@
 //! The default ANN backend: an HNSW graph built with `hnsw_rs`, then frozen into flat, read-only
-//! arrays (CSR adjacency per layer, contiguous unit vectors) and searched by our own code.
+//! arrays (CSR adjacency per layer, contiguous vectors) and searched by our own code. By default
+//! the graph is an ip-NSW graph: built and searched by raw inner product over the unnormalised
+//! item vectors (docs/adr/0007-inner-product-graph.md).
 //!
 //! Why frozen: the serving path only reads the graph, so flat arrays beat `hnsw_rs`'s
 //! lock-and-`Arc`-per-point layout on cache misses, and our loader validates every index of a file
@@ -63,10 +65,16 @@ impl WalkPrecision {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
-    /// Maximum inner product, reduced to cosine by the norm-augmentation trick
-    /// (x → [x/M, sqrt(1 − |x|²/M²)], q → [q, 0]; Bachrach et al. 2014).
+    /// Maximum inner product searched directly: the graph is built with distance `C − x·y` over
+    /// the raw vectors (an ip-NSW graph, as hnswlib's `ip` space builds) and walked by `q·x`.
+    /// Scores are the true inner products.
     #[default]
     InnerProduct,
+    /// Maximum inner product reduced to cosine by norm augmentation
+    /// (x → [x/M, sqrt(1 − |x|²/M²)], q → [q, 0]; Bachrach et al. 2014). Kept for bundles built
+    /// before ip-NSW and for comparison: on ALS embeddings it finds far fewer of the true top k
+    /// (ADR 0007), because most augmented points crowd around the extra axis.
+    InnerProductAugmented,
     Cosine,
 }
 
@@ -74,8 +82,22 @@ impl Metric {
     fn name(self) -> &'static str {
         match self {
             Metric::InnerProduct => "inner_product",
+            Metric::InnerProductAugmented => "inner_product_augmented",
             Metric::Cosine => "cosine",
         }
+    }
+
+    /// Width of the stored rows for `query_dim`-wide queries.
+    fn stored_width(self, query_dim: usize) -> usize {
+        match self {
+            Metric::InnerProductAugmented => query_dim + 1,
+            Metric::InnerProduct | Metric::Cosine => query_dim,
+        }
+    }
+
+    /// Whether queries are scaled to unit length (the stored rows are unit length then too).
+    fn unit_queries(self) -> bool {
+        !matches!(self, Metric::InnerProduct)
     }
 }
 const fn d_m() -> usize {
@@ -87,8 +109,11 @@ const fn d_efc() -> usize {
 const fn d_efs() -> usize {
     100
 }
+// Whole lists: on the served ALS embeddings (ip-NSW) re-pruning to 24 lost recall (0.979
+// against 0.986 at ef 200, benches/ann.rs ANN_DATA=bundle, ADR 0007); on unit vectors the two
+// were level (ADR 0004).
 const fn d_degree() -> usize {
-    24
+    0
 }
 impl Default for HnswParams {
     fn default() -> Self {
@@ -103,12 +128,16 @@ impl Default for HnswParams {
     }
 }
 
-/// 1 − dot on unit vectors, clamped so rounding never yields a negative distance.
-#[derive(Debug, Default, Clone, Copy)]
-struct UnitDot;
-impl Distance<f32> for UnitDot {
+/// `c − dot`, clamped at 0: with `c` ≥ the largest squared norm (Cauchy–Schwarz) this is a
+/// non-negative distance ordered exactly as −dot, so `hnsw_rs` builds an inner-product graph
+/// (`c` = 1 on unit vectors is the cosine distance).
+#[derive(Debug, Clone, Copy)]
+struct ShiftedDot {
+    c: f32,
+}
+impl Distance<f32> for ShiftedDot {
     fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        (1.0 - dot(a, b)).max(0.0)
+        (self.c - dot(a, b)).max(0.0)
     }
 }
 
@@ -137,7 +166,7 @@ impl Layer {
     }
 }
 
-/// A read-only HNSW graph over unit vectors.
+/// A read-only HNSW graph over item vectors (raw for inner product, unit length otherwise).
 #[derive(Debug, Clone)]
 pub struct FrozenHnsw {
     /// Width of the stored (possibly augmented) unit vectors.
@@ -221,12 +250,15 @@ impl FrozenHnsw {
             return Err("vectors contain NaN or infinity".into());
         }
         let query_dim = dim;
-        let (vectors, dim) = match params.metric {
+        let max_sq = vectors.chunks(dim).map(|v| dot(v, v)).fold(0f32, f32::max);
+        let (vectors, dim, c) = match params.metric {
             Metric::Cosine => {
                 vectors.chunks_mut(dim).for_each(normalize);
-                (vectors, dim)
+                (vectors, dim, 1.0)
             }
-            Metric::InnerProduct => {
+            // Slightly above the largest squared norm so rounding never clamps a real distance.
+            Metric::InnerProduct => (vectors, dim, max_sq * 1.001 + f32::MIN_POSITIVE),
+            Metric::InnerProductAugmented => {
                 let max_norm = vectors
                     .chunks(dim)
                     .map(|v| dot(v, v).sqrt())
@@ -240,10 +272,11 @@ impl FrozenHnsw {
                 }
                 // Re-normalise against rounding so every stored vector is unit length.
                 aug.chunks_mut(dim + 1).for_each(normalize);
-                (aug, dim + 1)
+                (aug, dim + 1, 1.0)
             }
         };
-        let hnsw: Hnsw<f32, UnitDot> = Hnsw::new(params.m, n, 16, params.ef_construction, UnitDot);
+        let hnsw: Hnsw<f32, ShiftedDot> =
+            Hnsw::new(params.m, n, 16, params.ef_construction, ShiftedDot { c });
         let data: Vec<(&[f32], usize)> = vectors
             .chunks(dim)
             .enumerate()
@@ -255,18 +288,20 @@ impl FrozenHnsw {
         Ok(g)
     }
 
-    /// The unit query vector in stored space (augmented with a zero for inner product, padded
-    /// with zeros to the row stride).
+    /// The query in stored space: padded with zeros to the row stride (which also supplies the
+    /// augmented zero), and unit length unless the graph is searched by raw inner product.
     fn prepare(&self, query: &[f32]) -> Vec<f32> {
         let mut q = Vec::with_capacity(self.stride);
         q.extend_from_slice(query);
         q.resize(self.stride, 0.0);
-        normalize(&mut q);
+        if self.params.metric.unit_queries() {
+            normalize(&mut q);
+        }
         q
     }
 
-    /// Freezes a graph built with `hnsw_rs` over `vectors` (row-major, `dim` wide, unit length,
-    /// inserted with their row numbers as ids). Public so benchmarks can search the same graph
+    /// Freezes a graph built with `hnsw_rs` over `vectors` (row-major, `dim` wide, as the
+    /// metric stores them, inserted with their row numbers as ids). Public so benchmarks can search the same graph
     /// both ways.
     pub fn freeze<D: Distance<f32> + Send + Sync>(
         hnsw: &Hnsw<f32, D>,
@@ -509,4 +544,4 @@ mod io;
 mod search;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
