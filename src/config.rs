@@ -431,6 +431,10 @@ pub struct RetrievalConfig {
     pub faiss_params: std::collections::BTreeMap<String, f64>,
 }
 
+/// Why `ann_backend = "faiss"` is refused by a funnel built without the feature.
+pub const FAISS_NEEDS_FEATURE: &str =
+    "retrieval.ann_backend = \"faiss\" needs a funnel built with `--features faiss`";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AnnBackend {
@@ -558,8 +562,9 @@ impl EngineConfig {
                 "retrieval.session_blend must be within [0, 1]",
             ),
             (
-                self.retrieval.ann_backend != AnnBackend::Faiss || cfg!(feature = "faiss"),
-                "retrieval.ann_backend = \"faiss\" needs a funnel built with `--features faiss`",
+                self.retrieval.ann_backend != AnnBackend::Faiss
+                    || crate::sources::ann::FAISS_AVAILABLE,
+                FAISS_NEEDS_FEATURE,
             ),
             (
                 self.features.item_cache_capacity > 0,

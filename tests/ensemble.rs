@@ -8,21 +8,13 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use common::{item_ids, shared_bundle, test_config, TestServer};
+use common::{item_ids, shared_bundle, test_config, users_with_batch as users, TestServer};
 use funnel::bundle::Bundle;
 use funnel::config::EngineConfig;
 use funnel::engine::Engine;
 use funnel::features::FeatureRegistry;
 use funnel::ranking::ensemble::{EnsembleManifest, SegmentStats};
 use funnel::ranking::{Arch, RankError, Ranker};
-
-/// Known users, in id order.
-fn users(s: &TestServer, n: usize) -> Vec<u64> {
-    let mut u: Vec<u64> = s.engine.bundle().batch_recs.keys().copied().collect();
-    u.sort_unstable();
-    u.truncate(n);
-    u
-}
 
 /// A real model that also sleeps `extra` per call (a heavier model, as the cost model sees it).
 struct Slow {

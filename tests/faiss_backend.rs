@@ -11,14 +11,15 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use common::{copy_version, item_ids, shared_bundle, test_config, TestServer};
+use common::{
+    build_bundle_with, copy_version, item_ids, shared_bundle, test_config, users_with_batch,
+    TestServer,
+};
 use funnel::bundle::Bundle;
 use funnel::config::AnnBackend;
 use funnel::engine::Engine;
 use funnel::features::FeatureRegistry;
-use index_builder::build::{run, BuildArgs};
-use index_builder::config::{BuildConfig, FaissBuildConfig};
-use index_builder::synth::{self, SynthConfig};
+use index_builder::config::FaissBuildConfig;
 
 const FACTORY: &str = "HNSW32,Flat";
 
@@ -28,31 +29,14 @@ fn faiss_bundle() -> &'static Path {
     DIR.get_or_init(|| {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("faiss-tests-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let data = synth::generate(&SynthConfig::new(600, 2_000, 30_000, 7));
-        let files = synth::write(&data, &dir.join("data")).expect("synth write");
-        let out = dir.join("bundle");
-        let mut cfg = BuildConfig::default();
-        cfg.rankers.epochs = 4;
-        cfg.rankers.archs = vec![funnel::ranking::Arch::Logistic];
-        cfg.rankers.listwise = vec![];
-        cfg.als.iterations = 6;
-        cfg.faiss = Some(FaissBuildConfig {
-            factory: FACTORY.into(),
-        });
-        run(BuildArgs {
-            interactions: files.interactions,
-            items: Some(files.items),
-            out: out.clone(),
-            holdout: None,
-            redis: None,
-            config: cfg,
-            registry: FeatureRegistry::bundled().expect("feature defs"),
-            quiet: true,
-            seed: 7,
+        build_bundle_with(&dir, None, |cfg| {
+            cfg.rankers.epochs = 4;
+            cfg.rankers.archs = vec![funnel::ranking::Arch::Logistic];
+            cfg.rankers.listwise = vec![];
+            cfg.faiss = Some(FaissBuildConfig {
+                factory: FACTORY.into(),
+            });
         })
-        .expect("build bundle");
-        out
     })
 }
 
@@ -61,13 +45,6 @@ fn faiss_config() -> funnel::config::EngineConfig {
     cfg.retrieval.ann_backend = AnnBackend::Faiss;
     cfg.retrieval.faiss_params.insert("efSearch".into(), 256.0);
     cfg
-}
-
-fn known_users(s: &TestServer, n: usize) -> Vec<u64> {
-    let mut u: Vec<u64> = s.engine.bundle().batch_recs.keys().copied().collect();
-    u.sort_unstable();
-    u.truncate(n);
-    u
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,7 +58,7 @@ async fn the_server_serves_the_bundles_faiss_index() {
     let (_, ready) = s.get("/readyz").await;
     assert_eq!(ready["status"], "ready", "{ready}");
     let mut from_ann = 0;
-    for u in known_users(&s, 10) {
+    for u in users_with_batch(&s, 10) {
         let (st, v) = s
             .recommend(json!({"user_id": u.to_string(), "k": 20, "explain": true}))
             .await;
@@ -151,7 +128,7 @@ async fn a_missing_or_corrupt_faiss_index_is_caught_by_verify_and_served_degrade
             .or(ready["components"]["ann"].as_str())
             .unwrap_or_default();
         assert!(ann.starts_with("unavailable"), "{case}: {ready}");
-        for u in known_users(&s, 5) {
+        for u in users_with_batch(&s, 5) {
             let (st, v) = s
                 .recommend(json!({"user_id": u, "k": 20, "explain": true}))
                 .await;

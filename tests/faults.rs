@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::{copy_version, item_ids, shared_bundle, test_config, TestServer};
+use common::{copy_version, item_ids, shared_bundle, test_config, users_with_batch, TestServer};
 use funnel::bundle::Bundle;
 use funnel::engine::Engine;
 use funnel::features::FeatureRegistry;
@@ -24,13 +24,6 @@ const MAX_MS: f64 = 200.0 + 150.0;
 
 fn tmp(name: &str) -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("faults-{name}-{}", std::process::id()))
-}
-
-fn users_with_batch(s: &TestServer, n: usize) -> Vec<u64> {
-    let mut u: Vec<u64> = s.engine.bundle().batch_recs.keys().copied().collect();
-    u.sort_unstable();
-    u.truncate(n);
-    u
 }
 
 async fn expect_level(s: &TestServer, body: serde_json::Value, level: &str) -> serde_json::Value {

@@ -65,6 +65,8 @@ pub struct Embeddings {
     pub users: Vec<f32>,
     /// n_items × dim, row-major.
     pub items: Vec<f32>,
+    /// Per item: distinct training users (what ALS learned its vector from).
+    pub item_users: Vec<u32>,
 }
 
 impl Embeddings {
@@ -95,17 +97,16 @@ pub struct ColdFill {
 pub fn fill_cold_items(
     emb: &mut Embeddings,
     catalog: &funnel::catalog::Catalog,
-    events: &[Event],
     strength: f32,
 ) -> ColdFill {
     let d = emb.dim;
-    let n_items = emb.items.len() / d.max(1);
-    let mut users = vec![0u32; n_items];
-    for (_, i, _) in aggregate(events) {
-        if let Some(c) = users.get_mut(i as usize) {
-            *c += 1;
-        }
-    }
+    let Embeddings {
+        items: vectors,
+        item_users: users,
+        ..
+    } = emb;
+    let n_items = vectors.len() / d.max(1);
+    let n_users = |i: usize| users.get(i).copied().unwrap_or(0);
     let mut out = ColdFill::default();
     if strength <= 0.0 || d == 0 {
         out.still_zero = users.iter().filter(|&&c| c == 0).count();
@@ -117,10 +118,10 @@ pub fn fill_cold_items(
     let mut cat_n = vec![0u32; n_cats];
     let mut creator: std::collections::HashMap<u64, (Vec<f32>, u32)> = Default::default();
     for (i, item) in catalog.items.iter().enumerate().take(n_items) {
-        if users[i] == 0 {
+        if n_users(i) == 0 {
             continue;
         }
-        let v = &emb.items[i * d..(i + 1) * d];
+        let v = &vectors[i * d..(i + 1) * d];
         for &c in &item.categories {
             if let Some(n) = cat_n.get_mut(c as usize) {
                 *n += 1;
@@ -137,12 +138,13 @@ pub fn fill_cold_items(
         }
     }
     let mut content = vec![0f32; d];
+    let mut cat_mean = vec![0f32; d];
     for (i, item) in catalog.items.iter().enumerate().take(n_items) {
         content.iter_mut().for_each(|x| *x = 0.0);
+        cat_mean.iter_mut().for_each(|x| *x = 0.0);
         // The categories' means averaged, then averaged with the creator's mean.
         let mut parts = 0f32;
         let mut cats = 0f32;
-        let mut cat_mean = vec![0f32; d];
         for &c in &item.categories {
             let n = cat_n.get(c as usize).copied().unwrap_or(0);
             if n > 0 {
@@ -161,28 +163,27 @@ pub fn fill_cold_items(
                 .for_each(|(a, b)| *a += b / cats);
             parts += 1.0;
         }
-        if let Some((s, n)) = creator
-            .get(&item.creator_id)
-            .filter(|_| item.creator_id != 0)
-        {
+        // Creator 0 (unknown) is never in the map.
+        if let Some((s, n)) = creator.get(&item.creator_id) {
             content
                 .iter_mut()
                 .zip(s)
                 .for_each(|(a, b)| *a += b / *n as f32);
             parts += 1.0;
         }
-        let v = &mut emb.items[i * d..(i + 1) * d];
+        let v = &mut vectors[i * d..(i + 1) * d];
         if parts == 0.0 {
-            if users[i] == 0 {
+            if n_users(i) == 0 {
                 out.still_zero += 1;
             }
             continue;
         }
-        let w = users[i] as f32 / (users[i] as f32 + strength);
+        let n = n_users(i) as f32;
+        let w = n / (n + strength);
         v.iter_mut()
             .zip(&content)
             .for_each(|(a, c)| *a = w * *a + (1.0 - w) * c / parts);
-        if users[i] == 0 {
+        if n == 0.0 {
             out.filled += 1;
         } else {
             out.blended += 1;
@@ -269,6 +270,9 @@ pub fn train_als(
         dim: d,
         users,
         items,
+        item_users: (0..n_items)
+            .map(|i| (by_item.offsets[i + 1] - by_item.offsets[i]) as u32)
+            .collect(),
     }
 }
 
@@ -430,24 +434,20 @@ mod tests {
             dim: 2,
             users: vec![0.0; 2],
             items: vec![1.0, 0.0, 3.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            // Training users: item 0 one, item 1 two, item 2 one; items 3–5 none.
+            item_users: vec![1, 2, 1, 0, 0, 0],
         };
-        let ev = |user, item| Event {
-            user,
-            item,
-            ts: 0,
-            weight: 1.0,
-        };
-        let events = vec![ev(0, 0), ev(0, 1), ev(1, 1), ev(0, 2)];
         let mut off = Embeddings {
             dim: 2,
             users: emb.users.clone(),
             items: emb.items.clone(),
+            item_users: emb.item_users.clone(),
         };
-        let none = fill_cold_items(&mut off, &catalog, &events, 0.0);
+        let none = fill_cold_items(&mut off, &catalog, 0.0);
         assert_eq!(none.still_zero, 3);
         assert_eq!(off.items, emb.items, "strength 0 changes nothing");
 
-        let r = fill_cold_items(&mut emb, &catalog, &events, 1.0);
+        let r = fill_cold_items(&mut emb, &catalog, 1.0);
         assert_eq!(
             r,
             ColdFill {

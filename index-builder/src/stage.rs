@@ -84,7 +84,7 @@ impl Stage {
         let mut emb = train_als(n_u, n_i, events, &cfg.als, |i, _| {
             bar.set_position(i as u64)
         });
-        let cold = fill_cold_items(&mut emb, &ds.catalog, events, cfg.als.cold_start_strength);
+        let cold = fill_cold_items(&mut emb, &ds.catalog, cfg.als.cold_start_strength);
         bar.finish();
         tracing::info!(
             "{label}: content vectors for {} unseen items, {} light items blended, {} left zero",

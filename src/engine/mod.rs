@@ -196,7 +196,7 @@ fn load_faiss(bundle: &Bundle, cfg: &EngineConfig) -> Result<FaissLoad, EngineEr
 #[cfg(not(feature = "faiss"))]
 fn load_faiss(_bundle: &Bundle, _cfg: &EngineConfig) -> Result<FaissLoad, EngineError> {
     Err(EngineError::Config(
-        "retrieval.ann_backend = \"faiss\" needs a funnel built with `--features faiss`".into(),
+        crate::config::FAISS_NEEDS_FEATURE.into(),
     ))
 }
 

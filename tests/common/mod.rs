@@ -19,6 +19,15 @@ use index_builder::synth::{self, SynthConfig};
 
 /// A small synthetic bundle in `dir` (optionally pushing its online features to `redis`).
 pub fn build_bundle(dir: &Path, redis: Option<String>) -> PathBuf {
+    build_bundle_with(dir, redis, |_| {})
+}
+
+/// [`build_bundle`] with the test's own changes to the build config.
+pub fn build_bundle_with(
+    dir: &Path,
+    redis: Option<String>,
+    edit: impl FnOnce(&mut BuildConfig),
+) -> PathBuf {
     let _ = std::fs::remove_dir_all(dir);
     let data = synth::generate(&SynthConfig::new(600, 2_000, 30_000, 7));
     let files = synth::write(&data, &dir.join("data")).expect("synth write");
@@ -26,6 +35,7 @@ pub fn build_bundle(dir: &Path, redis: Option<String>) -> PathBuf {
     let mut cfg = BuildConfig::default();
     cfg.rankers.epochs = 8;
     cfg.als.iterations = 6;
+    edit(&mut cfg);
     run(BuildArgs {
         interactions: files.interactions,
         items: Some(files.items),
@@ -196,6 +206,14 @@ impl Drop for TestServer {
             let _ = s.send(());
         }
     }
+}
+
+/// The first `n` users (by id) that have batch recommendations: known, active users.
+pub fn users_with_batch(s: &TestServer, n: usize) -> Vec<u64> {
+    let mut u: Vec<u64> = s.engine.bundle().batch_recs.keys().copied().collect();
+    u.sort_unstable();
+    u.truncate(n);
+    u
 }
 
 /// Item ids of a response, in order.

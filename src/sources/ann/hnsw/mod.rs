@@ -250,14 +250,16 @@ impl FrozenHnsw {
             return Err("vectors contain NaN or infinity".into());
         }
         let query_dim = dim;
-        let max_sq = vectors.chunks(dim).map(|v| dot(v, v)).fold(0f32, f32::max);
         let (vectors, dim, c) = match params.metric {
             Metric::Cosine => {
                 vectors.chunks_mut(dim).for_each(normalize);
                 (vectors, dim, 1.0)
             }
             // Slightly above the largest squared norm so rounding never clamps a real distance.
-            Metric::InnerProduct => (vectors, dim, max_sq * 1.001 + f32::MIN_POSITIVE),
+            Metric::InnerProduct => {
+                let max_sq = vectors.chunks(dim).map(|v| dot(v, v)).fold(0f32, f32::max);
+                (vectors, dim, max_sq * 1.001 + f32::MIN_POSITIVE)
+            }
             Metric::InnerProductAugmented => {
                 let max_norm = vectors
                     .chunks(dim)
@@ -301,8 +303,8 @@ impl FrozenHnsw {
     }
 
     /// Freezes a graph built with `hnsw_rs` over `vectors` (row-major, `dim` wide, as the
-    /// metric stores them, inserted with their row numbers as ids). Public so benchmarks can search the same graph
-    /// both ways.
+    /// metric stores them, inserted with their row numbers as ids). Public so benchmarks can
+    /// search the same graph both ways.
     pub fn freeze<D: Distance<f32> + Send + Sync>(
         hnsw: &Hnsw<f32, D>,
         vectors: Vec<f32>,
