@@ -9,8 +9,12 @@
 //! Short by default (CI); `FUNNEL_HOSTILE_LONG=1` runs the long mode (over 20,000 requests and
 //! 2M event clicks on unknown items). `FUNNEL_HOSTILE_SEED` replays one seed.
 
+mod common;
+
+use common::build_bundle;
+
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,36 +22,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use funnel::features::FeatureRegistry;
-use index_builder::build::{run, BuildArgs};
-use index_builder::config::BuildConfig;
-use index_builder::synth::{self, SynthConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const HEADER_TIMEOUT_MS: u64 = 1000;
 
-fn build_bundle(dir: &Path) -> PathBuf {
-    let data = synth::generate(&SynthConfig::new(200, 500, 6_000, 5));
-    let files = synth::write(&data, &dir.join("data")).expect("synth");
-    let mut cfg = BuildConfig::default();
-    cfg.rankers.epochs = 1;
-    cfg.als.iterations = 2;
-    let out = dir.join("bundle");
-    run(BuildArgs {
-        interactions: files.interactions,
-        items: Some(files.items),
-        out: out.clone(),
-        holdout: None,
-        redis: None,
-        config: cfg,
-        registry: FeatureRegistry::bundled().expect("defs"),
-        quiet: true,
-        seed: 5,
-    })
-    .expect("build");
-    out
-}
 
 struct Server {
     child: Child,
@@ -57,10 +36,7 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path, bundle: &Path) -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("port");
+        let port = common::free_port();
         let cfg = dir.join("hostile.toml");
         std::fs::write(
             &cfg,

@@ -3,46 +3,15 @@
 //! acknowledged, once. A restarted server on the same log recovers it (torn tail cut) and
 //! treats the clients' retries of acknowledged events as duplicates.
 
+mod common;
+
+use common::{build_bundle, free_port};
+
 use std::collections::HashSet;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use funnel::features::FeatureRegistry;
-use index_builder::build::{run, BuildArgs};
-use index_builder::config::BuildConfig;
-use index_builder::synth::{self, SynthConfig};
-
-fn build_bundle(dir: &Path) -> PathBuf {
-    let data = synth::generate(&SynthConfig::new(200, 500, 6_000, 5));
-    let files = synth::write(&data, &dir.join("data")).expect("synth");
-    let mut cfg = BuildConfig::default();
-    cfg.rankers.epochs = 1;
-    cfg.als.iterations = 2;
-    let out = dir.join("bundle");
-    run(BuildArgs {
-        interactions: files.interactions,
-        items: Some(files.items),
-        out: out.clone(),
-        holdout: None,
-        redis: None,
-        config: cfg,
-        registry: FeatureRegistry::bundled().expect("defs"),
-        quiet: true,
-        seed: 5,
-    })
-    .expect("build");
-    out
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
 
 struct Server {
     child: Child,
