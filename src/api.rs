@@ -19,6 +19,9 @@ pub enum ErrorKind {
     Invalid,
     Unauthorized,
     TooLarge,
+    /// The request head's fields are over the configured size or count.
+    HeadersTooLarge,
+    UriTooLong,
     /// The client did not send its request in time.
     Timeout,
     NotFound,
@@ -30,46 +33,133 @@ pub enum ErrorKind {
     Internal,
 }
 
+/// Declares [`ErrorCode`] from one table, so that the variant, its wire string, its kind and
+/// [`ErrorCode::ALL`] cannot disagree: a code is added here or it does not exist. The code is a
+/// `tt`, not a `literal` fragment: utoipa reads `#[serde(rename = ...)]` from the raw tokens and
+/// does not see through a literal fragment's invisible group (the schema would list the variant
+/// names).
+macro_rules! error_codes {
+    ($( $(#[$doc:meta])* $variant:ident = $code:tt => $kind:ident, )+) => {
+        /// Every `code` an error response can carry (the body's `code` field). The HTTP layer's
+        /// own errors (`server::conn`) and the router's use it too: a client can match on the
+        /// complete list, and the OpenAPI document lists exactly these.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+        pub enum ErrorCode {
+            $( $(#[$doc])* #[serde(rename = $code)] $variant, )+
+        }
+
+        impl ErrorCode {
+            /// Every code, in declaration order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant),+];
+
+            /// The code as it appears on the wire.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $code,)+
+                }
+            }
+
+            /// The kind of failure the code reports (which decides its HTTP status).
+            pub const fn kind(self) -> ErrorKind {
+                match self {
+                    $(ErrorCode::$variant => ErrorKind::$kind,)+
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// The body is not JSON (or could not be read).
+    MalformedJson = "malformed_json" => Malformed,
+    /// The HTTP request itself could not be parsed (request line, header syntax, framing).
+    BadRequest = "bad_request" => Malformed,
+    /// JSON that breaks the schema or a limit.
+    InvalidRequest = "invalid_request" => Invalid,
+    /// An API key is required and missing or wrong.
+    Unauthorized = "unauthorized" => Unauthorized,
+    PayloadTooLarge = "payload_too_large" => TooLarge,
+    HeadersTooLarge = "headers_too_large" => HeadersTooLarge,
+    UriTooLong = "uri_too_long" => UriTooLong,
+    /// The request head or body did not arrive in time.
+    RequestTimeout = "request_timeout" => Timeout,
+    NotFound = "not_found" => NotFound,
+    MethodNotAllowed = "method_not_allowed" => MethodNotAllowed,
+    /// `events.enabled = false` on this server.
+    EventsDisabled = "events_disabled" => Unavailable,
+    /// The durable event log could not take the batch (nothing was recorded).
+    EventLogUnavailable = "event_log_unavailable" => Unavailable,
+    /// The event log's queue is full (nothing was recorded; retry).
+    Overloaded = "overloaded" => Overloaded,
+    /// The connection cap is reached (sent with `Retry-After`).
+    TooManyConnections = "too_many_connections" => Overloaded,
+    Internal = "internal" => Internal,
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The JSON body of every error response, whichever layer answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+// Only for the schema (`additionalProperties: false`): clients may rely on exactly these two.
+#[serde(deny_unknown_fields)]
+pub struct ApiErrorBody {
+    pub code: ErrorCode,
+    /// For humans; not stable.
+    pub message: String,
+}
+
 /// An error a client can act on: its kind, a stable code, a human message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ApiError {
     pub kind: ErrorKind,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(kind: ErrorKind, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            kind,
+            kind: code.kind(),
             code,
             message: message.into(),
         }
     }
     pub fn malformed(message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Malformed, "malformed_json", message)
+        Self::new(ErrorCode::MalformedJson, message)
     }
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Invalid, "invalid_request", message)
+        Self::new(ErrorCode::InvalidRequest, message)
     }
     pub fn too_large(limit: usize) -> Self {
         Self::new(
-            ErrorKind::TooLarge,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!("request body exceeds {limit} bytes"),
         )
     }
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Internal, "internal", message)
+        Self::new(ErrorCode::Internal, message)
+    }
+
+    /// The response body.
+    pub fn body(&self) -> ApiErrorBody {
+        ApiErrorBody {
+            code: self.code,
+            message: self.message.clone(),
+        }
     }
 }
 
 /// A user id as clients send it: a string or a non-negative integer.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum UserId {
     Num(u64),
+    /// Up to 256 bytes, not blank; a decimal string is the same user as the number.
     Str(String),
 }
 
@@ -84,10 +174,11 @@ impl UserId {
 }
 
 /// A point in time: unix seconds or an RFC 3339 string.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Timestamp {
     Unix(i64),
+    /// RFC 3339, e.g. `2024-01-01T00:00:00Z` (anything else is a 422).
     Rfc3339(String),
 }
 
@@ -106,7 +197,7 @@ impl Timestamp {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestContext {
     pub device: Option<String>,
@@ -116,7 +207,7 @@ pub struct RequestContext {
     pub session_items: Vec<u64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Filters {
     pub categories_any: Option<Vec<String>>,
@@ -127,11 +218,13 @@ pub struct Filters {
     pub published_after: Option<Timestamp>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecommendRequest {
     pub user_id: UserId,
+    /// How many items to return (the limits are checked after parsing: out of range is a 422).
     #[serde(default = "default_k")]
+    #[schema(minimum = 1, maximum = 100, default = 20)]
     pub k: i64,
     #[serde(default)]
     pub context: RequestContext,
@@ -146,17 +239,19 @@ pub struct RecommendRequest {
     pub ranking: RankingOverride,
     /// The client's own deadline in ms; the server keeps the smaller of it and its budget.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 60000)]
     pub deadline_ms: Option<u64>,
 }
 
 /// Overrides of the configured ensemble for one request.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RankingOverride {
     /// Combination strategy: mean | weighted | rank_avg | borda | stacking.
     pub strategy: Option<Strategy>,
     /// Only these model ids may be selected.
     pub models: Option<Vec<String>>,
+    #[schema(minimum = 1, maximum = 32)]
     pub max_models: Option<u32>,
     /// `optimize` | `all` (see `[ranking] selection`).
     pub selection: Option<crate::ranking::select::SelectionMode>,
@@ -299,7 +394,19 @@ impl std::ops::Deref for ValidRequest {
 }
 
 /// How degraded a response is, from none to the last resort (the fallback chain, in order).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Degradation {
     Full,
@@ -325,7 +432,7 @@ impl Degradation {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ItemOut {
     pub item_id: u64,
     pub score: f32,
@@ -345,7 +452,7 @@ pub type SourceTimings = BTreeMap<String, f64>;
 
 /// What one pipeline stage did for a request: its time and how many items went in and out
 /// (`explain.stages`, in the order the stages ran).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StageReport {
     pub stage: String,
     pub ms: f64,
@@ -353,13 +460,14 @@ pub struct StageReport {
     pub items_out: usize,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Timings {
     /// Waiting for the user's online features.
     pub features: f64,
     /// Fetching candidates' item features (cache misses go to the store).
     pub item_features: f64,
     /// Wall time of each source, from its launch.
+    #[schema(value_type = BTreeMap<String, f64>)]
     pub sources: SourceTimings,
     pub merge: f64,
     pub rank: f64,
@@ -368,7 +476,7 @@ pub struct Timings {
 }
 
 /// What `explain: true` adds.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Explain {
     pub user_known: bool,
     pub history_len: u32,
@@ -388,7 +496,7 @@ pub struct Explain {
 }
 
 /// How the ensemble for this request was chosen and combined.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnsembleExplain {
     /// The strategy applied (stacking falls back to weighted for an untrained subset).
     pub strategy: String,
@@ -407,7 +515,7 @@ pub struct EnsembleExplain {
     pub skipped: Vec<SkippedModel>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SelectedModel {
     pub model_id: String,
     pub weight: f64,
@@ -420,14 +528,14 @@ pub struct SelectedModel {
     pub failed: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SkippedModel {
     pub model_id: String,
     /// budget | unhealthy | diversity | size | quality
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecommendResponse {
     pub request_id: String,
     pub bundle_version: String,
@@ -441,6 +549,74 @@ pub struct RecommendResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_codes_are_unique_and_serialize_as_their_string() {
+        let mut seen = std::collections::HashSet::new();
+        for &c in ErrorCode::ALL {
+            assert!(seen.insert(c.as_str()), "duplicate code {c}");
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+            assert!(c
+                .as_str()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_'));
+        }
+        let e = ApiError::new(ErrorCode::Overloaded, "x");
+        assert_eq!(e.kind, ErrorKind::Overloaded);
+        let body = serde_json::to_value(e.body()).unwrap();
+        assert_eq!(
+            (&body["code"], &body["message"]),
+            (&"overloaded".into(), &"x".into())
+        );
+    }
+
+    /// Codes are typed, so an `ApiError` cannot carry one that is not listed; this guards the
+    /// ways around the type: an error body's `code` written into JSON by hand, or a struct's
+    /// `code` field set from a string literal. Every source file of the crate is scanned.
+    #[test]
+    fn no_error_code_is_written_outside_the_enum() {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push(p);
+                }
+            }
+        }
+        // Built here so that this test's own source does not match them.
+        let key = format!("{q}code{q}", q = '"');
+        let field = format!("code: {q}", q = '"');
+        let mut files = Vec::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        assert!(files.len() > 20, "scan found {} files", files.len());
+        let mut offenders = Vec::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let l = line.trim();
+                if l.starts_with("//") {
+                    continue;
+                }
+                // `"code":` / `"code" =>` is a key being written; `v["code"]` only reads one.
+                let json_key = l.match_indices(&key).any(|(i, _)| {
+                    let after = l[i + key.len()..].trim_start();
+                    after.starts_with(':') || after.starts_with("=>")
+                });
+                if json_key || l.contains(&field) {
+                    offenders.push(format!("{}:{}: {l}", f.display(), n + 1));
+                }
+            }
+        }
+        assert!(
+            offenders.is_empty(),
+            "error codes must come from api::ErrorCode: {offenders:#?}"
+        );
+    }
 
     fn parse(s: &str) -> Result<ValidRequest, ApiError> {
         RecommendRequest::parse(s.as_bytes(), &ServerConfig::default())

@@ -16,13 +16,13 @@ use crate::observe::metrics::RedisFailure;
 use crate::sources::ScoredItem;
 
 use super::Engine;
-use crate::api::{ApiError, ErrorKind};
+use crate::api::{ApiError, ErrorCode};
 
 /// Failed live trending refreshes in a row after which the build's list serves alone.
 const STALE_AFTER_FAILURES: u64 = 20;
 
 /// Event ingestion's state, for `/readyz`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct EventsState {
     pub enabled: bool,
     /// Events appended to the log by this process, retries dropped, group commits, failures.
@@ -33,6 +33,7 @@ pub struct EventsState {
     /// `event_id`s remembered from the log at start.
     pub recovered_ids: usize,
     /// Where the streaming features live: "redis" or "memory".
+    #[schema(value_type = String, pattern = "^(redis|memory)$")]
     pub stream_store: &'static str,
     /// Live trending refreshes that failed in a row.
     pub trending_refresh_failures: u64,
@@ -73,8 +74,7 @@ impl Engine {
     pub async fn ingest(self: &Arc<Self>, body: &[u8]) -> Result<EventsResponse, ApiError> {
         let Some(ing) = &self.ingestor else {
             return Err(ApiError::new(
-                ErrorKind::Unavailable,
-                "events_disabled",
+                ErrorCode::EventsDisabled,
                 "event ingestion is disabled on this server (events.enabled = false)",
             ));
         };
@@ -94,12 +94,11 @@ impl Engine {
             })
             .collect();
         let fresh = ing.submit(batch.events).await.map_err(|e| {
-            let (kind, code) = match e {
-                IngestError::Busy(_) => (ErrorKind::Overloaded, "overloaded"),
-                _ => (ErrorKind::Unavailable, "event_log_unavailable"),
+            let code = match e {
+                IngestError::Busy(_) => ErrorCode::Overloaded,
+                _ => ErrorCode::EventLogUnavailable,
             };
             ApiError::new(
-                kind,
                 code,
                 format!("{e}; nothing in this batch was recorded, retry it"),
             )

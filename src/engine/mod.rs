@@ -513,15 +513,16 @@ impl Engine {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct FeatureStoreState {
+    #[schema(value_type = String, pattern = "^(embedded|redis)$")]
     pub kind: &'static str,
     pub state: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cached_items: Option<u64>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ModelState {
     pub arch: &'static str,
     pub version: u32,
@@ -532,8 +533,9 @@ pub struct ModelState {
     pub warmup_error: Option<String>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct RankingState {
+    #[schema(value_type = crate::ranking::combine::Strategy)]
     pub strategy: &'static str,
     /// Weight of the estimator's diversity term.
     pub lambda: f64,
@@ -544,9 +546,10 @@ pub struct RankingState {
     pub models: BTreeMap<String, ModelState>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Readiness {
     /// "ready", or "degraded" when a dependency is down (the server still answers).
+    #[schema(value_type = String, pattern = "^(ready|degraded)$")]
     pub status: &'static str,
     pub bundle_version: String,
     pub feature_store: FeatureStoreState,
@@ -591,9 +594,10 @@ pub fn without_paths(message: &str) -> String {
     out
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct BreakerState {
     /// closed, open or half_open.
+    #[schema(value_type = String, pattern = "^(closed|open|half_open)$")]
     pub state: &'static str,
     /// Times it opened, calls it skipped, failures recorded (since start).
     pub opened: u64,

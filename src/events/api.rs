@@ -16,9 +16,14 @@ pub const MAX_EVENT_ID_LEN: usize = 128;
 /// How far in the future (seconds, by the server's clock) an event's timestamp may lie.
 pub const MAX_CLOCK_SKEW_S: i64 = 300;
 
-#[derive(Debug, Deserialize)]
+/// The request body. Each event is parsed on its own (as [`Event`]), so that one bad event is
+/// rejected alone instead of failing its batch.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RawBatch {
+pub struct EventsRequest {
+    /// 1..=`events.max_batch` events (1000 by default). An event that breaks [`Event`]'s schema
+    /// is listed in the response's `rejected`, not failed with the batch.
+    #[schema(value_type = Vec<Event>, min_items = 1)]
     events: Vec<serde_json::Value>,
 }
 
@@ -28,26 +33,47 @@ fn id_of(id: &UserId, field: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{field}: {id:?} is not a non-negative integer id"))
 }
 
-#[derive(Debug, Deserialize)]
+/// One interaction event.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RawEvent {
+pub struct Event {
+    /// A non-negative integer or its decimal string.
     user_id: UserId,
+    /// A non-negative integer or its decimal string; an item the served catalog does not hold
+    /// is rejected (`unknown_item`).
     item_id: UserId,
+    /// The event type, case-insensitive (the list of known types is in the description the
+    /// OpenAPI document adds from `events::EVENT_TYPES`).
     #[serde(rename = "type")]
     event_type: String,
+    /// Defaults to the server's clock; at most 300 s ahead of it.
     #[serde(default)]
     timestamp: Option<Timestamp>,
+    /// Overrides the type's weight.
     #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1000.0)]
     weight: Option<f64>,
+    /// Makes retries idempotent: an id already recorded is counted in `duplicates`.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
     event_id: Option<String>,
 }
 
+/// Why one event of a batch was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectCode {
+    /// It breaks [`Event`]'s schema or a limit.
+    InvalidEvent,
+    /// Its item is not in the served catalog.
+    UnknownItem,
+}
+
 /// One event the server refused, by its position in the batch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Rejected {
     pub index: usize,
-    pub code: String,
+    pub code: RejectCode,
     pub message: String,
 }
 
@@ -59,7 +85,7 @@ pub struct ParsedBatch {
 }
 
 /// The 202 body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventsResponse {
     /// Events recorded in the durable log by this request.
     pub accepted: usize,
@@ -84,7 +110,7 @@ pub fn parse_batch(
 ) -> Result<ParsedBatch, ApiError> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| ApiError::malformed(format!("body: {e}")))?;
-    let raw: RawBatch = serde_json::from_value(value).map_err(|e| {
+    let raw: EventsRequest = serde_json::from_value(value).map_err(|e| {
         ApiError::invalid(format!(
             "body must be {{\"events\": [...]}} with no other fields: {e}"
         ))
@@ -101,7 +127,7 @@ pub fn parse_batch(
             Ok(e) if known_item(e.item_id) => out.events.push(e),
             Ok(e) => out.rejected.push(Rejected {
                 index,
-                code: "unknown_item".into(),
+                code: RejectCode::UnknownItem,
                 message: format!(
                     "item_id: {} is not in the served catalog; events take known items only",
                     e.item_id
@@ -109,7 +135,7 @@ pub fn parse_batch(
             }),
             Err(message) => out.rejected.push(Rejected {
                 index,
-                code: "invalid_event".into(),
+                code: RejectCode::InvalidEvent,
                 message,
             }),
         }
@@ -118,7 +144,7 @@ pub fn parse_batch(
 }
 
 fn validate(v: serde_json::Value, now: i64) -> Result<LoggedEvent, String> {
-    let raw: RawEvent = serde_json::from_value(v).map_err(|e| e.to_string())?;
+    let raw: Event = serde_json::from_value(v).map_err(|e| e.to_string())?;
     let user_id = id_of(&raw.user_id, "user_id")?;
     let item_id = id_of(&raw.item_id, "item_id")?;
     let event_type = raw.event_type.trim().to_ascii_lowercase();
@@ -200,8 +226,12 @@ mod tests {
         assert_eq!(p.event_id.as_deref(), Some("e1"));
         let idx: Vec<usize> = b.rejected.iter().map(|r| r.index).collect();
         assert_eq!(idx, vec![1, 2, 3, 4, 6, 7, 8, 9]);
-        assert!(b.rejected.iter().take(7).all(|r| r.code == "invalid_event"));
-        assert_eq!(b.rejected[7].code, "unknown_item");
+        assert!(b
+            .rejected
+            .iter()
+            .take(7)
+            .all(|r| r.code == RejectCode::InvalidEvent));
+        assert_eq!(b.rejected[7].code, RejectCode::UnknownItem);
         assert!(b.rejected[1].message.contains("known: impression"));
         assert!(b.rejected[4].message.contains("future"));
     }

@@ -183,7 +183,7 @@ struct Window {
 }
 
 /// One input's figures over the window.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct FeatureSkew {
     pub feature: String,
     pub psi: f64,
@@ -194,7 +194,7 @@ pub struct FeatureSkew {
 }
 
 /// The monitor's state for `/readyz`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SkewReport {
     /// `ok`, `alarm`, `warming_up` (too few requests yet), `no_reference` (the bundle's rankers
     /// were trained before the reference existed: rebuild) or `disabled`.

@@ -4,7 +4,7 @@
 use axum::http::HeaderMap;
 use sha2::{Digest, Sha256};
 
-use crate::api::{ApiError, ErrorKind};
+use crate::api::{ApiError, ErrorCode};
 
 /// The accepted keys of one route; empty = the route is open.
 #[derive(Clone, Default)]
@@ -70,12 +70,13 @@ impl KeySet {
 }
 
 fn unauthorized(message: &str) -> ApiError {
-    ApiError::new(ErrorKind::Unauthorized, "unauthorized", message)
+    ApiError::new(ErrorCode::Unauthorized, message)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ErrorKind;
 
     fn with(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

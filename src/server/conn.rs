@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::api::{ApiErrorBody, ErrorCode};
 use crate::config::ServerConfig;
 
 /// The limits one connection lives under (from `[server]`).
@@ -147,8 +148,7 @@ fn trim_heap() {
 /// connection), then closed.
 fn refuse(stream: TcpStream) {
     let resp = error_response(
-        503,
-        "too_many_connections",
+        ErrorCode::TooManyConnections,
         "the server has as many open connections as it takes; retry shortly",
         &[("retry-after", "1")],
     );
@@ -198,7 +198,7 @@ async fn serve_one(
     };
     if let Some(status) = held_back {
         let (code, message) = parse_error_body(status, limits);
-        io.finish_with(status, code, &message).await;
+        io.finish_with(code, &message).await;
         tracing::debug!(status, "request refused by the HTTP parser");
         return;
     }
@@ -207,14 +207,14 @@ async fn serve_one(
         Ended::Hyper(Err(e)) => {
             if e.is_timeout() && started {
                 // hyper's idle timer fired while a head was arriving.
-                io.finish_with(408, "request_timeout", &head_timeout_message(limits))
+                io.finish_with(ErrorCode::RequestTimeout, &head_timeout_message(limits))
                     .await;
             }
             // Peers that close or reset mid-request are routine for a server.
             tracing::debug!(error = %e, "connection ended with an error");
         }
         Ended::Timeout(Stall::Head) => {
-            io.finish_with(408, "request_timeout", &head_timeout_message(limits))
+            io.finish_with(ErrorCode::RequestTimeout, &head_timeout_message(limits))
                 .await;
             tracing::debug!("connection closed: request head too slow");
         }
@@ -236,19 +236,23 @@ fn head_timeout_message(limits: &ConnLimits) -> String {
     )
 }
 
-/// The JSON error for a status hyper chose for a request it could not parse.
-fn parse_error_body(status: u16, limits: &ConnLimits) -> (&'static str, String) {
+/// The JSON error for a status hyper chose for a request it could not parse (hyper answers
+/// 400, 414 or 431; each code's status is that status again).
+fn parse_error_body(status: u16, limits: &ConnLimits) -> (ErrorCode, String) {
     match status {
         431 => (
-            "headers_too_large",
+            ErrorCode::HeadersTooLarge,
             format!(
                 "request headers too large: at most {} bytes and {} fields",
                 limits.max_header_bytes, limits.max_headers
             ),
         ),
-        414 => ("uri_too_long", "the request target is too long".into()),
+        414 => (
+            ErrorCode::UriTooLong,
+            "the request target is too long".into(),
+        ),
         _ => (
-            "bad_request",
+            ErrorCode::BadRequest,
             "malformed HTTP request (request line, header syntax, or conflicting \
              Content-Length / Transfer-Encoding)"
                 .into(),
@@ -256,13 +260,18 @@ fn parse_error_body(status: u16, limits: &ConnLimits) -> (&'static str, String) 
     }
 }
 
-/// A whole `Connection: close` response with a JSON `{code, message}` body.
-pub fn error_response(status: u16, code: &str, message: &str, extra: &[(&str, &str)]) -> Vec<u8> {
-    let body = serde_json::json!({ "code": code, "message": message }).to_string();
-    let reason = hyper::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error");
+/// A whole `Connection: close` response with a JSON `{code, message}` body, under the status
+/// the router gives the same code.
+pub fn error_response(code: ErrorCode, message: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let body = ApiErrorBody {
+        code,
+        message: message.to_string(),
+    };
+    // Two string fields: serializing cannot fail, but a body is still owed if it ever did.
+    let body = serde_json::to_string(&body).unwrap_or_else(|_| String::from("{}"));
+    let status = super::status_of(code.kind());
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let status = status.as_u16();
     let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT");
     let mut head = format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\ndate: {date}\r\n",
@@ -545,9 +554,9 @@ impl GuardedIo {
         }
     }
 
-    /// After hyper let go: writes `status` with its JSON body and closes.
-    async fn finish_with(&mut self, status: u16, code: &str, message: &str) {
-        let resp = error_response(status, code, message, &[]);
+    /// After hyper let go: writes the error `code` (with its status) and closes.
+    async fn finish_with(&mut self, code: ErrorCode, message: &str) {
+        let resp = error_response(code, message, &[]);
         let write = async {
             std::future::poll_fn(|cx| self.drain(cx)).await?;
             self.stream.write_all(&resp).await?;
@@ -660,7 +669,7 @@ mod tests {
 
     #[test]
     fn error_response_is_complete_json() {
-        let r = error_response(503, "too_many_connections", "x", &[("retry-after", "1")]);
+        let r = error_response(ErrorCode::TooManyConnections, "x", &[("retry-after", "1")]);
         let text = String::from_utf8(r).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(

@@ -1,11 +1,13 @@
 //! The HTTP surface (axum): `POST /v1/recommend`, `POST /v1/events`, `GET /healthz`,
-//! `GET /readyz`, `GET /metrics` (Prometheus). It owns the mapping of failures to statuses — every error is JSON
+//! `GET /readyz`, `GET /metrics` (Prometheus) and `GET /openapi.json`, the API's description
+//! generated from these types ([`openapi`]). It owns the mapping of failures to statuses — every error is JSON
 //! `{code, message}`, including those of the HTTP layer ([`conn`]) — the API keys ([`auth`]),
 //! request bodies (size and time limits), and the containment of panics: a request that panics
 //! gets a 500, the server keeps serving.
 
 pub mod auth;
 pub mod conn;
+pub mod openapi;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use crate::api::{ApiError, ErrorKind, RecommendRequest};
+use crate::api::{ApiError, ErrorCode, ErrorKind, RecommendRequest};
 use crate::engine::Engine;
 
 use self::auth::KeySet;
@@ -33,6 +35,8 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        ErrorKind::UriTooLong => StatusCode::URI_TOO_LONG,
         ErrorKind::Timeout => StatusCode::REQUEST_TIMEOUT,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -44,8 +48,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = status_of(self.kind);
-        let body = serde_json::json!({ "code": self.code, "message": self.message });
-        let mut resp = (status, Json(body)).into_response();
+        let mut resp = (status, Json(self.body())).into_response();
         // The body of a request refused for its size or its slowness may still be on the wire:
         // close rather than read it.
         if matches!(self.kind, ErrorKind::Timeout | ErrorKind::TooLarge) {
@@ -83,6 +86,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
@@ -217,8 +221,7 @@ async fn read_body(
         .await
         .unwrap_or_else(|_| {
             Err(ApiError::new(
-                ErrorKind::Timeout,
-                "request_timeout",
+                ErrorCode::RequestTimeout,
                 format!(
                     "the request body did not arrive within {} ms",
                     timeout.as_millis()
@@ -242,10 +245,29 @@ async fn read_body(
     result
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "alive" }))
+/// `GET /healthz`: the process is up and answering.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+// Only for the schema (`additionalProperties: false`): the body has this one field.
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// Always `alive`.
+    #[schema(value_type = String, pattern = "^alive$")]
+    pub status: &'static str,
 }
 
+/// The process is alive (it says nothing about the bundle or Redis: see `/readyz`).
+#[utoipa::path(get, path = "/healthz", tag = "health", responses(
+    (status = 200, description = "Alive", body = Health),
+))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "alive" })
+}
+
+/// The bundle version, the feature store and each component's state. `degraded` still answers
+/// 200: the server serves (with fallbacks) whenever it is up.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, description = "Readiness of every dependency", body = crate::engine::Readiness),
+))]
 async fn readyz(State(s): State<AppState>) -> Json<crate::engine::Readiness> {
     Json(s.engine.readiness().await)
 }
@@ -271,21 +293,44 @@ async fn metrics(State(s): State<AppState>) -> Response {
 
 async fn not_found() -> ApiError {
     ApiError::new(
-        ErrorKind::NotFound,
-        "not_found",
-        "no such route; try POST /v1/recommend, POST /v1/events, GET /healthz, GET /readyz or \
-         GET /metrics",
+        ErrorCode::NotFound,
+        "no such route; try POST /v1/recommend, POST /v1/events, GET /healthz, GET /readyz, \
+         GET /metrics, GET /dashboard or GET /openapi.json",
     )
 }
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        ErrorKind::MethodNotAllowed,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "method not allowed on this route",
     )
 }
 
+/// Recommendations for one user through the whole funnel. An unknown `user_id` is a cold
+/// start, not an error.
+#[utoipa::path(
+    post,
+    path = "/v1/recommend",
+    tag = "recommend",
+    request_body = crate::api::RecommendRequest,
+    params(("x-request-id" = Option<String>, Header,
+        description = "Echoed back as the response's `request_id` (1..=128 bytes); generated when absent")),
+    security((), ("api_key" = [])),
+    responses(
+        (status = 200, description = "Recommendations", body = crate::api::RecommendResponse,
+            headers(("x-request-id" = String, description = "The request's id"))),
+        (status = 400, description = "The body is not JSON", body = crate::api::ApiErrorBody),
+        (status = 401, description = "API key missing or wrong (only when keys are configured)",
+            body = crate::api::ApiErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = crate::api::ApiErrorBody),
+        (status = 413, description = "The body is over `server.max_body_bytes`",
+            body = crate::api::ApiErrorBody),
+        (status = 422, description = "The request breaks the schema or a limit",
+            body = crate::api::ApiErrorBody),
+        (status = 500, description = "The request failed inside the server (contained to it)",
+            body = crate::api::ApiErrorBody),
+    ),
+)]
 async fn recommend(State(s): State<AppState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let headers = parts.headers;
@@ -335,6 +380,32 @@ async fn recommend(State(s): State<AppState>, req: Request) -> Response {
     resp
 }
 
+/// A batch of interaction events: logged durably, then applied to the streaming features. A
+/// bad event is rejected alone (listed in `rejected`); only batch-level problems fail the
+/// request.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "events",
+    request_body = crate::events::api::EventsRequest,
+    security((), ("api_key" = [])),
+    responses(
+        (status = 202, description = "The batch is in the durable log",
+            body = crate::events::api::EventsResponse),
+        (status = 400, description = "The body is not JSON", body = crate::api::ApiErrorBody),
+        (status = 401, description = "API key missing or wrong (only when keys are configured)",
+            body = crate::api::ApiErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = crate::api::ApiErrorBody),
+        (status = 413, description = "The body is over `events.max_body_bytes`",
+            body = crate::api::ApiErrorBody),
+        (status = 422, description = "Not `{\"events\": [...]}`, or no events, or more than \
+            `events.max_batch`", body = crate::api::ApiErrorBody),
+        (status = 500, description = "The request failed inside the server (contained to it)",
+            body = crate::api::ApiErrorBody),
+        (status = 503, description = "Events are disabled, or the event log cannot take the \
+            batch (nothing recorded; retry)", body = crate::api::ApiErrorBody),
+    ),
+)]
 async fn events(State(s): State<AppState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     if let Err(e) = s.events_keys.check(&parts.headers) {

@@ -35,7 +35,17 @@ pub struct Problem<'a> {
 }
 
 /// How a request's ensemble is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SelectionMode {
     /// Branch and bound: the best estimated quality that fits the budget ([`select`]).
