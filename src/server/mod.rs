@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod conn;
+pub mod dashboard;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,6 +81,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/events", post(events))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/dashboard", get(dashboard::page))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
