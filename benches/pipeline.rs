@@ -311,8 +311,56 @@ fn controller_under_load(f: &Fixture) {
     row(&format!("controller on, target p99 {target:.1} ms"), b);
 }
 
+/// What recording metrics and sampling rows for the skew monitor cost: the full pipeline with
+/// both on (the defaults) and both off, interleaved round by round over the same requests so
+/// that machine noise falls on both alike.
+fn observability_overhead(f: &Fixture) {
+    let off_cfg = || {
+        let mut c = full_pipeline_config();
+        c.monitor.metrics = false;
+        c.monitor.enabled = false;
+        c
+    };
+    let (on, off) = (engine_with(full_pipeline_config()), engine_with(off_cfg()));
+    let reference = on
+        .bundle()
+        .rankers_manifest
+        .as_ref()
+        .is_some_and(|m| m.input_reference.is_some());
+    let (mut t_on, mut t_off) = (Vec::new(), Vec::new());
+    for round in 0..8u64 {
+        for (engine, out) in [(&on, &mut t_on), (&off, &mut t_off)] {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(100 + round);
+            for _ in 0..300 {
+                let req = f.mixed(&mut rng);
+                let t = Instant::now();
+                f.run_on(engine, req);
+                // The first round warms both engines.
+                if round > 0 {
+                    out.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
+    }
+    let (p50_on, p50_off) = (pct(&mut t_on, 0.5), pct(&mut t_off, 0.5));
+    println!(
+        "observability overhead (full pipeline, {} requests each, interleaved; skew reference in \
+         the bundle: {reference}):\n  metrics + skew off p50 {p50_off:.3} ms, on p50 {p50_on:.3} ms, \
+         ratio {:.3}",
+        t_on.len(),
+        p50_on / p50_off
+    );
+    let (_, rows) = on.skew().gauges();
+    println!("  skew window after the run: {rows} rows");
+}
+
 fn main() {
     let f = Fixture::new();
+    if std::env::var("FUNNEL_BENCH_ONLY").as_deref() == Ok("observe") {
+        observability_overhead(&f);
+        return;
+    }
+    observability_overhead(&f);
     distribution(&f, &f.engine, "default config");
     let full = engine_with(full_pipeline_config());
     distribution(&f, &full, "full pipeline (500 candidates, 3 rankers)");

@@ -13,9 +13,22 @@ pub enum SigPipe {
     Ignore,
 }
 
-/// Logs to stderr (filter from `RUST_LOG`, default `warn`) and sets the SIGPIPE disposition.
-/// Call first thing in `main`, before any thread starts.
-pub fn init(sigpipe: SigPipe) {
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line, with the fields of every enclosing span (a request's
+    /// `request_id` on each of its lines).
+    Json,
+}
+
+/// Logs to stderr (filter from `RUST_LOG`, default `warn`) in `format` and sets the SIGPIPE
+/// disposition. With `spans`, every closed span (a request, each stage) logs a line with its
+/// busy and idle time, so a slow request can be followed stage by stage. Call first thing in
+/// `main`, before any thread starts.
+pub fn init(sigpipe: SigPipe, format: LogFormat, spans: bool) {
     #[cfg(unix)]
     if sigpipe == SigPipe::Default {
         // SAFETY: called before any thread starts; only resets a signal disposition.
@@ -23,12 +36,27 @@ pub fn init(sigpipe: SigPipe) {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    // Stage spans are at info: RUST_LOG=funnel=info shows them; below the filter they cost
+    // nothing.
+    let spans = match spans {
+        true => tracing_subscriber::fmt::format::FmtSpan::CLOSE,
+        false => tracing_subscriber::fmt::format::FmtSpan::NONE,
+    };
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_span_events(spans)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .flatten_event(true)
+            .init(),
+    }
 }
 
 /// The exit of a command: its code, or the error (with its causes, `{:#}`) on stderr and 1.

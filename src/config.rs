@@ -38,6 +38,9 @@ pub struct EngineConfig {
     /// API keys for the public routes (none: open).
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Metrics recording and the training–serving skew monitor.
+    #[serde(default)]
+    pub monitor: crate::observe::skew::MonitorConfig,
 }
 
 /// When the event log forces appended events to disk.
@@ -585,6 +588,7 @@ impl EngineConfig {
         self.auth.validate()?;
         self.ranking.controller.validate()?;
         self.events.validate()?;
+        self.monitor.validate()?;
         self.rerank.validate()
     }
 }

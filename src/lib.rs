@@ -18,6 +18,7 @@ pub mod events;
 pub mod features;
 pub mod layout;
 pub mod merge;
+pub mod observe;
 pub mod pipeline;
 pub mod ranking;
 pub mod rerank;

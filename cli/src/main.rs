@@ -39,6 +39,13 @@ use index_builder::synth::{self, SynthConfig};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Log line format on stderr: text, or json (one object a line, request id on each).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: funnel::cli::LogFormat,
+    /// Log a line per closed span (each request, each stage; with RUST_LOG=funnel=info for the
+    /// stages) with its busy and idle time: follow a slow request.
+    #[arg(long, global = true)]
+    log_spans: bool,
 }
 
 #[derive(Subcommand)]
@@ -106,7 +113,7 @@ fn main() -> ExitCode {
         Cmd::Serve { .. } | Cmd::Demo { .. } => funnel::cli::SigPipe::Ignore,
         Cmd::Inspect { .. } => funnel::cli::SigPipe::Default,
     };
-    funnel::cli::init(sigpipe);
+    funnel::cli::init(sigpipe, cli.log_format, cli.log_spans);
     funnel::cli::finish(run(cli))
 }
 

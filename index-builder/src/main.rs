@@ -26,6 +26,9 @@ struct Cli {
     /// Hide progress bars and step timings.
     #[arg(long, global = true)]
     quiet: bool,
+    /// Log line format on stderr: text, or json (one object a line).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: funnel::cli::LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -112,7 +115,7 @@ fn main() -> ExitCode {
         Cmd::Build { redis: Some(_), .. } => funnel::cli::SigPipe::Ignore,
         _ => funnel::cli::SigPipe::Default,
     };
-    funnel::cli::init(sigpipe);
+    funnel::cli::init(sigpipe, cli.log_format, false);
     funnel::cli::finish(dispatch(cli))
 }
 

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use funnel::observe::skew::InputReference;
 use funnel::ranking::input::{
     self, CandidateSignals, ItemSignals, UserSignals, INPUT_DIM, INPUT_LAYOUT_VERSION,
 };
@@ -33,6 +34,9 @@ pub use funnel::ranking::ensemble::{
 pub const DEFAULT_LISTWISE: [Arch; 3] = [Arch::Dcn, Arch::Fm, Arch::Seq];
 /// Rows per forward pass when scoring the validation set (bounds peak memory).
 const SCORE_CHUNK: usize = 8192;
+/// Training rows the skew reference is computed from (an even stride beyond that): enough for
+/// decile bins, bounded in time at any scale.
+const REFERENCE_ROWS: usize = 200_000;
 
 /// Errors from training rankers.
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +211,9 @@ pub struct TrainReport {
     /// `[model][valid row]` validation predictions, as the served ranker computes them.
     pub valid_predictions: Vec<Vec<f32>>,
     pub total_seconds: f64,
+    /// The training rows' distribution of each input (the server's skew monitor compares
+    /// served rows with it).
+    pub input_reference: InputReference,
 }
 
 impl TrainReport {
@@ -218,6 +225,7 @@ impl TrainReport {
             rankers: self.specs.clone(),
             correlation: self.correlation.clone(),
             ensemble: None,
+            input_reference: Some(self.input_reference.clone()),
         }
     }
 }
@@ -302,6 +310,11 @@ pub fn train_all(
         correlation,
         valid_predictions: preds,
         total_seconds: started.elapsed().as_secs_f64(),
+        input_reference: InputReference::from_rows(
+            &train.x,
+            &funnel::ranking::input::feature_names(),
+            REFERENCE_ROWS,
+        ),
     };
     report.manifest().write(out_dir)?;
     tracing::info!(

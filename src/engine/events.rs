@@ -12,6 +12,7 @@ use crate::events::ingest::{IngestError, IngestOptions, Ingestor};
 use crate::events::log::{FsyncPolicy, LogOptions};
 use crate::features::redis::unix_now_f64;
 use crate::features::streaming::{StreamEvent, StreamStore};
+use crate::observe::metrics::RedisFailure;
 use crate::sources::ScoredItem;
 
 use super::Engine;
@@ -111,6 +112,8 @@ impl Engine {
             .collect();
         let accepted = stream.len();
         let features_updated = self.apply_streams(&stream, now).await;
+        self.metrics
+            .observe_events(accepted, fresh.len() - accepted, batch.rejected.len());
         Ok(EventsResponse {
             accepted,
             duplicates: fresh.len() - accepted,
@@ -132,6 +135,11 @@ impl Engine {
             let got = tokio::time::timeout(limit, self.streams.apply(events, now)).await;
             let ok = matches!(got, Ok(Ok(())));
             self.events_breaker.record(ok);
+            match got {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => self.metrics.observe_redis_failure(RedisFailure::Error),
+                Err(_) => self.metrics.observe_redis_failure(RedisFailure::Timeout),
+            }
             if !ok {
                 tracing::warn!(
                     events = events.len(),

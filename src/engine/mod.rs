@@ -16,6 +16,8 @@ use crate::events::ingest::Ingestor;
 use crate::features::online::RedisOnline;
 use crate::features::streaming::{MemoryStreams, RedisStreams, StreamStore};
 use crate::features::{FeatureError, RedisFeatureStore, RedisStoreOptions};
+use crate::observe::metrics::Metrics;
+use crate::observe::skew::{SkewMonitor, SkewReport};
 use crate::pipeline::context::RequestStage;
 use crate::pipeline::fallback::FallbackStage;
 use crate::pipeline::features::FeatureStage;
@@ -72,6 +74,10 @@ pub struct Engine {
     ingestor: Option<Ingestor>,
     /// Live trending refreshes that failed in a row (for `/readyz`).
     trending_failures: std::sync::atomic::AtomicU64,
+    /// What `/metrics` exports; the pipeline and ingestion record into it.
+    metrics: Arc<Metrics>,
+    /// Served ranker inputs against the training reference.
+    skew: Arc<SkewMonitor>,
     /// The in-process counters' version the live trending blend was made from.
     trending_version: std::sync::atomic::AtomicU64,
 }
@@ -267,6 +273,22 @@ impl Engine {
         });
         let redis_breaker = Arc::new(Breaker::new("redis", cfg.breaker));
         let features_ms = cfg.budget.features_ms;
+        let metrics = Arc::new(Metrics::new(
+            &bundle.manifest.version,
+            ingestor.as_ref().map(|i| i.stats.commit_seconds.clone()),
+            cfg.monitor.metrics,
+        ));
+        let reference = bundle
+            .rankers_manifest
+            .as_ref()
+            .and_then(|m| m.input_reference.clone());
+        if reference.is_none() && cfg.monitor.enabled {
+            tracing::info!(
+                "the bundle's rankers carry no input reference (built before the skew monitor): \
+                 skew is not monitored until a rebuild"
+            );
+        }
+        let skew = Arc::new(SkewMonitor::new(cfg.monitor.clone(), reference));
         let bundle = Arc::new(bundle);
         let pipeline = Pipeline {
             context: RequestStage::new(&cfg.budget, cfg.features.clock, &bundle),
@@ -275,6 +297,7 @@ impl Engine {
                 redis_breaker.clone(),
                 streams.clone(),
                 features_ms,
+                metrics.clone(),
             ),
             retrieval: SourceSet::new(
                 sources,
@@ -286,8 +309,20 @@ impl Engine {
             session_blend: cfg.retrieval.session_blend,
             merge: MergeStage::new(&cfg.merge),
             fallback: FallbackStage::new(&bundle),
-            items: ItemFeatureStage::new(redis.clone(), redis_breaker.clone(), features_ms),
-            rank: RankStage::new(registry, cfg.ranking.clone(), cfg.budget.rank_ms, threads),
+            items: ItemFeatureStage::new(
+                redis.clone(),
+                redis_breaker.clone(),
+                features_ms,
+                metrics.clone(),
+            ),
+            rank: RankStage::new(
+                registry,
+                cfg.ranking.clone(),
+                cfg.budget.rank_ms,
+                threads,
+                skew.clone(),
+            ),
+            metrics: metrics.clone(),
             rerank: RerankStage::new(&cfg.rerank),
             bundle: bundle.clone(),
         };
@@ -303,6 +338,8 @@ impl Engine {
             ingestor,
             trending_failures: std::sync::atomic::AtomicU64::new(0),
             trending_version: std::sync::atomic::AtomicU64::new(u64::MAX),
+            metrics,
+            skew,
         }))
     }
 
@@ -316,6 +353,35 @@ impl Engine {
 
     pub fn pipeline(&self) -> &Pipeline {
         &self.pipeline
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn skew(&self) -> &SkewMonitor {
+        &self.skew
+    }
+
+    /// `GET /metrics`: every metric, with the breaker and skew gauges set from their state now.
+    pub fn render_metrics(&self) -> String {
+        let breakers: Vec<(String, &'static str)> = self
+            .breakers()
+            .map(|b| (b.name().to_string(), b.state_name()))
+            .collect();
+        let (skew, rows) = self.skew.gauges();
+        self.metrics.render(&breakers, &skew, rows)
+    }
+
+    /// Every circuit breaker: Redis (request path, ingestion) when there is one, each source's,
+    /// each ranker's.
+    fn breakers(&self) -> impl Iterator<Item = &Breaker> {
+        let slots = self.pipeline.retrieval.slots();
+        [&*self.redis_breaker, &self.events_breaker]
+            .into_iter()
+            .filter(|_| self.redis.is_some())
+            .chain(slots.iter().map(|s| s.breaker()))
+            .chain(self.pipeline.rank.registry().breakers())
     }
 
     pub fn store_kind(&self) -> StoreKind {
@@ -362,12 +428,7 @@ impl Engine {
             },
         );
         let mut breakers = BTreeMap::new();
-        let all = [&*self.redis_breaker, &self.events_breaker]
-            .into_iter()
-            .filter(|_| self.redis.is_some())
-            .chain(slots.iter().map(|s| s.breaker()))
-            .chain(rank.breakers());
-        for b in all {
+        for b in self.breakers() {
             let (opened, skipped, failures) = b.counts();
             breakers.insert(
                 b.name().to_string(),
@@ -447,6 +508,7 @@ impl Engine {
             components,
             breakers,
             events: self.events_state(),
+            skew: self.skew.report(),
         }
     }
 }
@@ -493,6 +555,8 @@ pub struct Readiness {
     pub breakers: BTreeMap<String, BreakerState>,
     pub ranking: RankingState,
     pub events: events::EventsState,
+    /// The training–serving skew monitor (does not change `status`: the server still serves).
+    pub skew: SkewReport,
 }
 
 /// `message` with every absolute filesystem path cut to its file name: `/readyz` is often

@@ -51,13 +51,27 @@ struct Job {
     reply: oneshot::Sender<Result<Submitted, String>>,
 }
 
-/// Counters for `/readyz` and the benches.
-#[derive(Debug, Default)]
+/// Counters for `/readyz` and the benches, and the commit-time histogram `/metrics` exports.
+#[derive(Debug)]
 pub struct IngestStats {
     pub appended: AtomicU64,
     pub duplicates: AtomicU64,
     pub commits: AtomicU64,
     pub failures: AtomicU64,
+    /// Time of each group commit (append and, per the fsync policy, sync).
+    pub commit_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for IngestStats {
+    fn default() -> Self {
+        IngestStats {
+            appended: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            commit_seconds: crate::observe::metrics::commit_histogram(),
+        }
+    }
 }
 
 /// Handle to the writer thread; dropping it closes the log (the thread finishes its queue and
@@ -186,6 +200,7 @@ fn writer(
         }
         let t = Instant::now();
         let result = log.append(&fresh);
+        stats.commit_seconds.observe(t.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
                 let dups = flags.iter().flatten().filter(|n| !**n).count() as u64;

@@ -11,6 +11,7 @@ use crate::features::online::{RedisOnline, UserFeatures};
 use crate::features::redis::unix_now_f64;
 use crate::features::streaming::StreamStore;
 use crate::features::Entity;
+use crate::observe::metrics::{Metrics, RedisFailure};
 
 /// What the stage found.
 #[derive(Debug, Default)]
@@ -27,6 +28,7 @@ pub struct FeatureStage {
     breaker: Arc<Breaker>,
     streams: Arc<StreamStore>,
     slice: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl FeatureStage {
@@ -35,12 +37,14 @@ impl FeatureStage {
         breaker: Arc<Breaker>,
         streams: Arc<StreamStore>,
         features_ms: u64,
+        metrics: Arc<Metrics>,
     ) -> Self {
         FeatureStage {
             redis,
             breaker,
             streams,
             slice: Duration::from_millis(features_ms),
+            metrics,
         }
     }
 
@@ -82,10 +86,12 @@ impl FeatureStage {
                 stale: false,
             },
             Ok(Err(e)) => {
+                self.metrics.observe_redis_failure(RedisFailure::Error);
                 tracing::debug!(error = %e, "user features from redis failed; using the bundle's");
                 stale()
             }
             Err(_) => {
+                self.metrics.observe_redis_failure(RedisFailure::Timeout);
                 tracing::debug!("user features from redis timed out; using the bundle's");
                 stale()
             }

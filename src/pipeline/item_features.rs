@@ -10,6 +10,7 @@ use crate::breaker::Breaker;
 use crate::bundle::Bundle;
 use crate::features::online::{ItemOverride, RedisOnline};
 use crate::merge::Candidate;
+use crate::observe::metrics::{Metrics, RedisFailure};
 use crate::rerank::{ItemFacts, ItemFactsSource};
 use crate::ItemIdx;
 
@@ -20,14 +21,21 @@ pub struct ItemFeatureStage {
     /// The user-feature stage's breaker: one view of Redis's health.
     breaker: Arc<Breaker>,
     slice: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl ItemFeatureStage {
-    pub fn new(redis: Option<Arc<RedisOnline>>, breaker: Arc<Breaker>, features_ms: u64) -> Self {
+    pub fn new(
+        redis: Option<Arc<RedisOnline>>,
+        breaker: Arc<Breaker>,
+        features_ms: u64,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         ItemFeatureStage {
             redis,
             breaker,
             slice: Duration::from_millis(features_ms),
+            metrics,
         }
     }
 
@@ -60,8 +68,12 @@ impl ItemFeatureStage {
                 }
                 (items.into_iter().zip(o).collect(), false)
             }
-            _ => {
+            failed => {
                 self.breaker.record(false);
+                self.metrics.observe_redis_failure(match failed {
+                    Err(_) => RedisFailure::Timeout,
+                    Ok(_) => RedisFailure::Error,
+                });
                 (HashMap::new(), true)
             }
         }

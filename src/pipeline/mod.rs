@@ -23,9 +23,12 @@ pub mod retrieval;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tracing::Instrument;
+
 use crate::api::{ApiError, Degradation, Explain, RecommendResponse, Timings, ValidRequest};
 use crate::bundle::Bundle;
 use crate::features::online::UserFeatures;
+use crate::observe::metrics::{Metrics, RunSummary};
 use crate::ranking::encode::RankUser;
 
 use self::context::{RequestCtx, RequestStage};
@@ -52,6 +55,8 @@ pub struct Pipeline {
     pub items: ItemFeatureStage,
     pub rank: RankStage,
     pub rerank: RerankStage,
+    /// Each run's stages, sources, degradation and ensemble are recorded here.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Pipeline {
@@ -72,13 +77,21 @@ impl Pipeline {
             .retrieval
             .launch(Phase::WithoutUser, b, &self.query(&ctx, None));
         let t = Instant::now();
-        let user = self.features.fetch(b, ctx.user_id).await;
+        let user = self
+            .features
+            .fetch(b, ctx.user_id)
+            .instrument(tracing::info_span!("features"))
+            .await;
         let found = usize::from(user.features.is_some());
         let features_ms = rep.stage("features", t, usize::from(ctx.user_id.is_some()), found);
         let q = self.query(&ctx, user.features.as_ref());
         jobs.extend(self.retrieval.launch(Phase::WithUser, b, &q));
         let launched = jobs.len();
-        let got = self.retrieval.collect(jobs, ctx.deadline).await;
+        let got = self
+            .retrieval
+            .collect(jobs, ctx.deadline)
+            .instrument(tracing::info_span!("retrieval", launched))
+            .await;
         let retrieved = got.items();
         rep.stage("retrieval", t_sources, launched, retrieved);
         let mut explain = Explain {
@@ -101,7 +114,11 @@ impl Pipeline {
         explain.candidates = cands.list.len();
 
         let t = Instant::now();
-        let (overrides, items_stale) = self.items.fetch(b, &cands.list, ctx.deadline).await;
+        let (overrides, items_stale) = self
+            .items
+            .fetch(b, &cands.list, ctx.deadline)
+            .instrument(tracing::info_span!("item_features"))
+            .await;
         let items_ms = rep.stage("item_features", t, cands.list.len(), overrides.len());
         let mut level = if user.stale || items_stale {
             Degradation::StaleFeatures
@@ -128,9 +145,11 @@ impl Pipeline {
                 ctx.now,
                 &q.recent,
             );
+            let span = tracing::info_span!("rank", candidates = cands.list.len());
             Some(
                 self.rank
                     .run(b, &ctx, who, &cands.list, &overrides, over)
+                    .instrument(span)
                     .await,
             )
         } else {
@@ -168,6 +187,22 @@ impl Pipeline {
             total: report::ms(t0.elapsed()),
         };
         self.rank.observe_total(timings.total);
+        self.metrics.observe_run(&RunSummary {
+            stages: &rep.stages,
+            total_ms: timings.total,
+            source_ms: &timings.sources,
+            per_source: &explain.per_source,
+            degradation: level,
+            ensemble: explain.ensemble.as_ref(),
+        });
+        // Info, not warn: under overload every request would say it.
+        if Instant::now() > ctx.deadline {
+            tracing::info!(
+                total_ms = timings.total,
+                stages = ?rep.stages.iter().map(|s| (s.stage.as_str(), s.ms)).collect::<Vec<_>>(),
+                "request over its budget"
+            );
+        }
         explain.stages = rep.stages;
         Ok(RecommendResponse {
             request_id,

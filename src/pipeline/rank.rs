@@ -15,10 +15,12 @@ use crate::api::{EnsembleExplain, RankingOverride, SelectedModel, SkippedModel};
 use crate::bundle::Bundle;
 use crate::config::RankingConfig;
 use crate::merge::Candidate;
+use crate::observe::skew::SkewMonitor;
 use crate::ranking::combine::{combine, Strategy};
 use crate::ranking::controller::LatencyController;
 use crate::ranking::encode::{encode_rows, RankUser};
 use crate::ranking::ensemble::segment_for_history;
+use crate::ranking::input::INPUT_DIM;
 use crate::ranking::registry::{score_with, EnsemblePlan, PlanRequest, Registry};
 
 type Scored = Result<(Vec<f32>, Duration), String>;
@@ -46,10 +48,18 @@ pub struct RankStage {
     workers: usize,
     cfg: RankingConfig,
     rank_ms: u64,
+    /// Takes a sample of the encoded rows (training–serving skew).
+    skew: Arc<SkewMonitor>,
 }
 
 impl RankStage {
-    pub fn new(registry: Registry, cfg: RankingConfig, rank_ms: u64, workers: usize) -> Self {
+    pub fn new(
+        registry: Registry,
+        cfg: RankingConfig,
+        rank_ms: u64,
+        workers: usize,
+        skew: Arc<SkewMonitor>,
+    ) -> Self {
         RankStage {
             registry,
             controller: LatencyController::new(cfg.controller.clone()),
@@ -57,6 +67,7 @@ impl RankStage {
             workers,
             cfg,
             rank_ms,
+            skew,
         }
     }
 
@@ -207,6 +218,7 @@ impl RankStage {
         if plan.members.is_empty() {
             return Vec::new();
         }
+        let sample = self.skew.wants_sample().then(|| self.skew.clone());
         let encode = {
             let (bundle, cands, overrides, slots) = (
                 bundle.clone(),
@@ -223,7 +235,12 @@ impl RankStage {
                     let t = Instant::now();
                     let mut rows = Vec::new();
                     encode_rows(&bundle.item_table(), &user, &cands, &overrides, &mut rows);
-                    (rows, t.elapsed())
+                    let took = t.elapsed();
+                    // After the timing: the encode cost model must not learn the sampling.
+                    if let Some(skew) = sample {
+                        skew.record(&rows, INPUT_DIM);
+                    }
+                    (rows, took)
                 })
                 .await
                 .ok()

@@ -254,6 +254,10 @@ pub struct RankersManifest {
     /// built before the ensemble lack it; the registry then falls back to the fields above).
     #[serde(default)]
     pub ensemble: Option<ensemble::EnsembleManifest>,
+    /// The training rows' distribution of every input, for the server's skew monitor (bundles
+    /// built before it lack it; the monitor then reports `no_reference`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_reference: Option<crate::observe::skew::InputReference>,
 }
 
 impl RankersManifest {
@@ -596,6 +600,7 @@ mod tests {
             rankers: vec![s],
             correlation: vec![vec![1.0]],
             ensemble: None,
+            input_reference: None,
         };
         m.write(dir.path()).unwrap();
         let (back, rankers) = load_rankers(dir.path()).unwrap();

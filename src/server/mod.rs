@@ -1,5 +1,5 @@
 //! The HTTP surface (axum): `POST /v1/recommend`, `POST /v1/events`, `GET /healthz`,
-//! `GET /readyz`. It owns the mapping of failures to statuses — every error is JSON
+//! `GET /readyz`, `GET /metrics` (Prometheus). It owns the mapping of failures to statuses — every error is JSON
 //! `{code, message}`, including those of the HTTP layer ([`conn`]) — the API keys ([`auth`]),
 //! request bodies (size and time limits), and the containment of panics: a request that panics
 //! gets a 500, the server keeps serving.
@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -24,6 +25,7 @@ use crate::api::{ApiError, ErrorKind, RecommendRequest};
 use crate::engine::Engine;
 
 use self::auth::KeySet;
+use tracing::Instrument;
 
 /// The HTTP status of each kind of failure: the one place that mapping lives.
 pub fn status_of(kind: ErrorKind) -> StatusCode {
@@ -81,10 +83,39 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/events", post(events))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/dashboard", get(dashboard::page))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// The route label of a request: its matched route, one of a fixed set (an unmatched path is
+/// "other", so a scanner cannot grow the metrics without bound).
+fn route_label(path: Option<&MatchedPath>) -> &'static str {
+    const ROUTES: [&str; 7] = [
+        "/v1/recommend",
+        "/v1/events",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/dashboard",
+    ];
+    path.and_then(|p| ROUTES.iter().find(|r| **r == p.as_str()).copied())
+        .unwrap_or("other")
+}
+
+/// Counts and times every request the router answers (by route and status).
+async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let t = std::time::Instant::now();
+    let route = route_label(req.extensions().get::<MatchedPath>());
+    let resp = next.run(req).await;
+    s.engine
+        .metrics()
+        .observe_http(route, resp.status().as_u16(), t.elapsed().as_secs_f64());
+    resp
 }
 
 /// Serves `router(engine)` on `addr` until `shutdown` resolves, then lets requests in flight
@@ -221,11 +252,31 @@ async fn readyz(State(s): State<AppState>) -> Json<crate::engine::Readiness> {
     Json(s.engine.readiness().await)
 }
 
+/// Prometheus scrape: rendering walks every series, so it runs off the reactor.
+async fn metrics(State(s): State<AppState>) -> Response {
+    let engine = s.engine.clone();
+    match tokio::task::spawn_blocking(move || engine.render_metrics()).await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::observe::metrics::CONTENT_TYPE),
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering the metrics failed");
+            ApiError::internal("rendering the metrics failed").into_response()
+        }
+    }
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(
         ErrorKind::NotFound,
         "not_found",
-        "no such route; try POST /v1/recommend, POST /v1/events, GET /healthz or GET /readyz",
+        "no such route; try POST /v1/recommend, POST /v1/events, GET /healthz, GET /readyz or \
+         GET /metrics",
     )
 }
 
@@ -267,7 +318,11 @@ async fn recommend(State(s): State<AppState>, req: Request) -> Response {
     // A spawned task turns a panic anywhere in the request path into a JoinError.
     let engine = s.engine.clone();
     let rid = request_id.clone();
-    let task = tokio::spawn(async move { engine.recommend(req, rid).await });
+    // Every log line of the request carries its id (the JSON log format prints span fields).
+    // At warn level so it is there under the default filter; its close is only logged with
+    // `--log-spans`.
+    let span = tracing::warn_span!("request", request_id = %rid);
+    let task = tokio::spawn(async move { engine.recommend(req, rid).await }.instrument(span));
     let mut resp = match task.await {
         Ok(Ok(r)) => Json(r).into_response(),
         Ok(Err(e)) => e.into_response(),

@@ -28,6 +28,17 @@ pub fn build_bundle_with(
     redis: Option<String>,
     edit: impl FnOnce(&mut BuildConfig),
 ) -> PathBuf {
+    build_bundle_held_out(dir, redis, None, edit)
+}
+
+/// [`build_bundle_with`] keeping `holdout` out of the build (written to the bundle's
+/// `holdout.arrow`, as `index-builder build --holdout` does).
+pub fn build_bundle_held_out(
+    dir: &Path,
+    redis: Option<String>,
+    holdout: Option<index_builder::split::Holdout>,
+    edit: impl FnOnce(&mut BuildConfig),
+) -> PathBuf {
     let _ = std::fs::remove_dir_all(dir);
     let data = synth::generate(&SynthConfig::new(600, 2_000, 30_000, 7));
     let files = synth::write(&data, &dir.join("data")).expect("synth write");
@@ -40,7 +51,7 @@ pub fn build_bundle_with(
         interactions: files.interactions,
         items: Some(files.items),
         out: out.clone(),
-        holdout: None,
+        holdout,
         redis,
         config: cfg,
         registry: FeatureRegistry::bundled().expect("feature defs"),
