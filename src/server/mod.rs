@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod conn;
+pub mod dashboard;
 pub mod openapi;
 
 use std::net::SocketAddr;
@@ -87,6 +88,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route("/dashboard", get(dashboard::page))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
