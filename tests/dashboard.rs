@@ -67,7 +67,6 @@ async fn run_chromium(url: &str, budget_ms: u64, extra: &[String]) -> String {
         "--disable-sync",
         "--disable-dev-shm-usage",
         "--hide-scrollbars",
-        "--window-size=1280,1600",
     ])
     .arg(format!("--user-data-dir={}", profile.display()))
     .arg(format!("--virtual-time-budget={budget_ms}"))
@@ -243,7 +242,15 @@ async fn dashboard_in_headless_chromium() {
     // The charts, rendered with data, and the form driven by `?user=`.
     let user = users[0];
     let url = s.url(&format!("/dashboard?user={user}&k=10"));
-    let dom = run_chromium(&url, 7_000, &["--dump-dom".to_string()]).await;
+    let dom = run_chromium(
+        &url,
+        7_000,
+        &[
+            "--dump-dom".to_string(),
+            "--window-size=1280,1600".to_string(),
+        ],
+    )
+    .await;
     assert!(dom.contains("id=\"chart-stage-latency\""), "{dom}");
     assert_eq!(
         attr(&dom, "status", "data-state").as_deref(),
@@ -289,7 +296,12 @@ async fn dashboard_in_headless_chromium() {
     // The screenshot: a CI artifact, and the README's picture.
     let png = artifacts_dir().join("dashboard.png");
     let _ = std::fs::remove_file(&png);
-    run_chromium(&url, 7_000, &[format!("--screenshot={}", png.display())]).await;
+    // As tall as the page, so that the picture has no empty band below it.
+    let shot = [
+        format!("--screenshot={}", png.display()),
+        "--window-size=1280,1380".to_string(),
+    ];
+    run_chromium(&url, 7_000, &shot).await;
     let bytes = std::fs::read(&png).expect("screenshot written");
     assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
     assert!(bytes.len() > 20_000, "screenshot is {} bytes", bytes.len());
