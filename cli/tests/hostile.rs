@@ -27,7 +27,6 @@ use rand::{Rng, SeedableRng};
 
 const HEADER_TIMEOUT_MS: u64 = 1000;
 
-
 struct Server {
     child: Child,
     port: u16,

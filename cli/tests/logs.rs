@@ -51,8 +51,8 @@ async fn json_logs_carry_the_request_id_on_every_stage() {
     let mut lines = 0;
     let mut stages = std::collections::BTreeSet::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
         assert!(v["timestamp"].is_string() && v["level"].is_string(), "{v}");
         let in_request = v["spans"]
             .as_array()
@@ -67,6 +67,9 @@ async fn json_logs_carry_the_request_id_on_every_stage() {
     }
     assert!(lines >= 4, "{lines} lines of the request in:\n{text}");
     for s in ["request", "features", "retrieval", "rank"] {
-        assert!(stages.contains(s), "no closed {s} span in {stages:?}:\n{text}");
+        assert!(
+            stages.contains(s),
+            "no closed {s} span in {stages:?}:\n{text}"
+        );
     }
 }

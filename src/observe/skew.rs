@@ -247,7 +247,10 @@ impl SkewMonitor {
     pub fn wants_sample(&self) -> bool {
         self.cfg.enabled
             && self.reference.is_some()
-            && self.seen.fetch_add(1, Ordering::Relaxed) % self.cfg.sample_every == 0
+            && self
+                .seen
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(self.cfg.sample_every)
     }
 
     /// Adds up to `rows_per_request` of one request's encoded rows (row-major, `dim` wide).
@@ -285,7 +288,7 @@ impl SkewMonitor {
         }
         let requests: u64 = w.slots.iter().map(|s| s.requests).sum();
         // Re-judged every 16 sampled requests, so a shift is logged without anyone scraping.
-        if requests % 16 == 0 {
+        if requests.is_multiple_of(16) {
             let figures = self.figures(&w, requests);
             drop(w);
             self.warn_new_alarms(&figures);
