@@ -370,5 +370,8 @@ fn print_demo_help(engine: &Engine, addr: SocketAddr) {
     out!(
         "  curl -s {url}/v1/events -d '{{\"events\": [{{\"user_id\": \"{user}\", \"item_id\": {item}, \"type\": \"click\", \"event_id\": \"demo-1\"}}]}}'"
     );
+    out!("  curl -s {url}/metrics          # Prometheus");
+    out!("  curl -s {url}/openapi.json     # the API, OpenAPI 3.1");
+    out!("Dashboard: {url}/dashboard?user={user}");
     out!("Ctrl-C stops the server.");
 }

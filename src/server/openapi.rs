@@ -105,14 +105,14 @@ pub async fn openapi_json() -> Response {
     }
 }
 
-// The two operations below are served by handlers that live on another branch (metrics and the
-// dashboard); these bodiless functions only carry their description until the handlers take
-// the annotations over. They are never called.
+// The two operations below answer text and HTML, not a typed body: their handlers
+// (`server::metrics`, `server::dashboard::page`) need no schema, so these bodiless functions
+// carry their descriptions. They are never called.
 
 /// Prometheus metrics in the text exposition format.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses(
-    (status = 200, description = "Prometheus text exposition format 0.0.4", body = String,
-        content_type = "text/plain"),
+    (status = 200, description = "Prometheus metrics, OpenMetrics 1.0.0 text format", body = String,
+        content_type = "application/openmetrics-text"),
 ))]
 #[allow(dead_code)]
 fn metrics() {}
