@@ -104,6 +104,24 @@ impl InputReference {
             columns,
         }
     }
+
+    /// Whether the reference holds together: one share per bin, finite ascending edges, shares
+    /// in [0, 1]. (A width other than the rows' is caught per row: those rows are not taken.)
+    pub fn check(&self) -> Result<(), String> {
+        for c in &self.columns {
+            let edges_ok =
+                c.edges.iter().all(|e| e.is_finite()) && c.edges.windows(2).all(|w| w[0] < w[1]);
+            let share = |f: &f64| f.is_finite() && (0.0..=1.0).contains(f);
+            if !edges_ok
+                || c.fractions.len() != c.edges.len() + 1
+                || !c.fractions.iter().all(share)
+                || !share(&c.zero_fraction)
+            {
+                return Err(format!("column {:?} is malformed", c.name));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[monitor]`: whether metrics are recorded, and the skew monitor's sampling, window and
@@ -224,6 +242,15 @@ pub struct SkewMonitor {
 
 impl SkewMonitor {
     pub fn new(cfg: MonitorConfig, reference: Option<InputReference>) -> SkewMonitor {
+        // The reference comes from a file: one that does not hold together is not used (a bin
+        // index past a column's shares would otherwise be out of bounds).
+        let reference = reference.filter(|r| match r.check() {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(%why, "rankers.json input_reference is unusable; skew not monitored");
+                false
+            }
+        });
         let mut offsets = Vec::new();
         let mut at = 0;
         for c in reference.iter().flat_map(|r| &r.columns) {
@@ -543,6 +570,15 @@ mod tests {
         assert!(!none.wants_sample());
         none.record(&rows(10, 0.0, 0.25), 2);
         assert_eq!(none.report().status, "no_reference");
+    }
+
+    #[test]
+    fn a_malformed_reference_is_not_used() {
+        let mut r = InputReference::from_rows(&rows(1000, 0.0, 0.25), &names(2), 100_000);
+        r.columns[0].fractions.pop();
+        let m = monitor(r);
+        m.record(&rows(100, 0.0, 0.25), 2);
+        assert_eq!(m.report().status, "no_reference");
     }
 
     proptest! {
