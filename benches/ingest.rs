@@ -223,7 +223,7 @@ fn main() {
             .collect();
         let mut c = redis.conn();
         let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("funnel:s:trending:*")
+            .arg("funnel:s:{trending}:*")
             .query(&mut c)
             .expect("keys");
         let mut trending_total = 0.0;

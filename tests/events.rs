@@ -187,19 +187,19 @@ async fn events_move_the_next_recommendation_with_redis() {
     // The state is in Redis, where every server instance reads it.
     let mut c = redis.conn();
     let recent: Vec<u64> = redis::cmd("LRANGE")
-        .arg(format!("funnel:s:u:{NEWCOMER}:recent"))
+        .arg(format!("funnel:s:{{u:{NEWCOMER}}}:recent"))
         .arg(0)
         .arg(-1)
         .query(&mut c)
         .expect("lrange");
     assert_eq!(recent.len(), 3, "{recent:?}");
     let seen: u64 = redis::cmd("ZCARD")
-        .arg(format!("funnel:s:u:{NEWCOMER}:seen"))
+        .arg(format!("funnel:s:{{u:{NEWCOMER}}}:seen"))
         .query(&mut c)
         .expect("zcard");
     assert_eq!(seen, 4);
     let ttl: i64 = redis::cmd("TTL")
-        .arg(format!("funnel:s:u:{NEWCOMER}:seen"))
+        .arg(format!("funnel:s:{{u:{NEWCOMER}}}:seen"))
         .query(&mut c)
         .expect("ttl");
     assert!(ttl > 0 && ttl <= 3 * 86_400, "{ttl}");

@@ -116,13 +116,13 @@ fn repo_defs_parse_with_the_required_features() {
     );
     assert_eq!(
         s("stream_trending").key.render("", 5_000_000),
-        "funnel:s:trending:5000000"
+        "funnel:s:{trending}:5000000"
     );
     let user_key = reg.get("history_len").unwrap().key.render("v1", 42);
-    assert_eq!(user_key, "funnel:v1:u:42");
+    assert_eq!(user_key, "funnel:v1:{u:42}");
     assert_eq!(
         reg.get("popularity").unwrap().key.render("v1", 7),
-        "funnel:v1:i:7"
+        "funnel:v1:{i:7}"
     );
     assert_eq!(
         reg.default_of("user_embedding"),

@@ -353,14 +353,14 @@ async fn skew_monitor_flags_exactly_the_shifted_features() {
     let mut conn = redis.conn();
     let items = scale_field(
         &mut conn,
-        &format!("funnel:{version}:i:*"),
+        &format!("funnel:{version}:{{i:*"),
         "popularity",
         &Dtype::F32,
         50.0,
     );
     let users_changed = scale_field(
         &mut conn,
-        &format!("funnel:{version}:u:*"),
+        &format!("funnel:{version}:{{u:*"),
         "history_len",
         &Dtype::I64,
         50.0,

@@ -307,7 +307,7 @@ async fn redis_features_overrides_and_fallback() {
     let mut conn = redis.conn();
     let flagged = funnel::features::codec::encode(&funnel::features::FeatureValue::Bool(true));
     let _: () = ::redis::cmd("HSET")
-        .arg(format!("funnel:{version}:i:{top}"))
+        .arg(format!("funnel:{version}:{{i:{top}}}"))
         .arg("flagged")
         .arg(flagged)
         .query(&mut conn)

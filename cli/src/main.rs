@@ -58,8 +58,9 @@ enum Cmd {
         /// Bundle root (with CURRENT) or a version directory.
         #[arg(long, default_value = "artifacts/bundle")]
         bundle: PathBuf,
-        /// Read online features from this Redis (e.g. redis://127.0.0.1:6379); without it the
-        /// bundle's embedded store serves them.
+        /// Read online features from this Redis (e.g. redis://127.0.0.1:6379) or Redis Cluster
+        /// (redis+cluster://host:port,host:port); without it the bundle's embedded store serves
+        /// them.
         #[arg(long)]
         redis: Option<String>,
         /// Listen address; overrides the config's server.listen.

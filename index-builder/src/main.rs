@@ -49,7 +49,8 @@ enum Cmd {
         /// Hold out data for evaluation: temporal:FRACTION (e.g. temporal:0.2) or last.
         #[arg(long)]
         holdout: Option<String>,
-        /// Also push online features to this Redis (redis://host:port).
+        /// Also push online features to this Redis (redis://host:port) or Redis Cluster
+        /// (redis+cluster://host:port,host:port).
         #[arg(long)]
         redis: Option<String>,
         /// Build configuration (TOML); defaults apply to anything it leaves out.

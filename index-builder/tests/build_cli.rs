@@ -389,7 +389,7 @@ fn build_pushes_version_tagged_features_to_redis() {
         .unwrap();
     assert_eq!(live, version);
     // Every item has a hash under this version's keys, with a TTL.
-    let key = format!("funnel:{version}:i:1");
+    let key = format!("funnel:{version}:{{i:1}}");
     let fields: Vec<String> = redis::cmd("HKEYS").arg(&key).query(&mut conn).unwrap();
     assert!(
         fields.iter().any(|f| f == "popularity"),

@@ -174,7 +174,7 @@ fn push_then_read_back_through_the_server_path() {
 
     // Keys: version-scoped hashes with the group's TTL; current version set without expiry.
     let mut conn = redis.conn();
-    for key in ["funnel:v1:u:1", "funnel:v1:i:2500"] {
+    for key in ["funnel:v1:{u:1}", "funnel:v1:{i:2500}"] {
         let ttl: i64 = redis::cmd("TTL").arg(key).query(&mut conn).unwrap();
         assert!(ttl > 0 && ttl <= 36 * 3600, "{key}: ttl {ttl}");
         let kind: String = redis::cmd("TYPE").arg(key).query(&mut conn).unwrap();
@@ -182,7 +182,7 @@ fn push_then_read_back_through_the_server_path() {
     }
     // Scalars are readable with redis-cli.
     let history: String = redis::cmd("HGET")
-        .arg("funnel:v1:u:42")
+        .arg("funnel:v1:{u:42}")
         .arg("history_len")
         .query(&mut conn)
         .unwrap();
@@ -353,7 +353,7 @@ fn bad_data_in_redis_never_fails_a_request_or_panics() {
     let mut conn = redis.conn();
     // Undecodable value, a field unknown to these defs, a field of another entity.
     let _: () = redis::cmd("HSET")
-        .arg("funnel:v1:i:1")
+        .arg("funnel:v1:{i:1}")
         .arg("popularity")
         .arg("not-a-number")
         .arg("from_newer_defs")
@@ -365,7 +365,7 @@ fn bad_data_in_redis_never_fails_a_request_or_panics() {
         .query(&mut conn)
         .unwrap();
     let _: () = redis::cmd("HSET")
-        .arg("funnel:v1:u:1")
+        .arg("funnel:v1:{u:1}")
         .arg("user_embedding")
         .arg(vec![0u8; 12])
         .query(&mut conn)
@@ -395,7 +395,7 @@ fn bad_data_in_redis_never_fails_a_request_or_panics() {
 
     // A key of the wrong Redis type is an error, not a panic.
     let _: () = redis::cmd("SET")
-        .arg("funnel:v1:i:3")
+        .arg("funnel:v1:{i:3}")
         .arg("x")
         .query(&mut conn)
         .unwrap();

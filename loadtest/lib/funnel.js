@@ -46,6 +46,10 @@ const TIMEOUT = str('TIMEOUT', '5s');
 // '{"models": ["logistic-v1", "mlp-v1"], "max_models": 2}'.
 const RANKING = env.RANKING ? JSON.parse(env.RANKING) : null;
 
+// ALLOW_SHED=1 (the overload scenario): a 503 `overloaded` with Retry-After is a correct answer
+// past capacity, counted as shed (its own latency trend), not as an error.
+const ALLOW_SHED = str('ALLOW_SHED', '0') === '1';
+
 // Thresholds (the measured phase only).
 const P95_MS = num('P95_MS', 200);
 const P99_MS = num('P99_MS', 0); // 0 = no p99 threshold
@@ -78,7 +82,10 @@ const degradation = {
   popularity: new Counter('degradation_popularity'),
 };
 const short_list = new Rate('short_list'); // fewer than k items returned
-const rec_errors = new Counter('rec_errors'); // non-200 recommend responses
+const rec_errors = new Counter('rec_errors'); // non-200 recommend responses (shed ones excepted)
+const shed = new Rate('shed'); // ALLOW_SHED: share of recommend requests answered 503 overloaded
+const shed_latency = new Trend('shed_latency', true); // client-side time of those 503s
+const shed_malformed = new Counter('shed_malformed'); // a 503 without Retry-After or its code
 const events_latency = new Trend('events_latency', true);
 const events_sent = new Counter('events_sent');
 const events_rejected = new Counter('events_rejected');
@@ -191,7 +198,31 @@ export function setup() {
   return { pool: Array.from(pool), bundle_version: ready.json('bundle_version') || null };
 }
 
+// A 503 from admission control: JSON {code: "overloaded"} with a Retry-After header.
+function isShed(res) {
+  if (res.status !== 503) return false;
+  let code = null;
+  try {
+    code = res.json('code');
+  } catch (e) {
+    code = null;
+  }
+  return code === 'overloaded' && Boolean(res.headers['Retry-After']);
+}
+
 function recordResponse(res, kind, main) {
+  if (ALLOW_SHED) {
+    const wasShed = isShed(res);
+    check(res, { 'recommend: 200, or 503 overloaded with Retry-After': (r) => r.status === 200 || wasShed });
+    if (main) {
+      shed.add(wasShed);
+      if (res.status === 503 && !wasShed) shed_malformed.add(1);
+    }
+    if (wasShed) {
+      if (main) shed_latency.add(res.timings.duration);
+      return null;
+    }
+  }
   let body = null;
   if (res.status === 200) {
     try {

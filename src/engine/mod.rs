@@ -236,10 +236,7 @@ impl Engine {
             cfg.breaker,
         )
         .map_err(EngineError::Config)?;
-        let threads = match cfg.server.cpu_threads {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-            n => n,
-        };
+        let threads = cfg.server.cpu_pool_threads();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("funnel-sources-{i}"))
@@ -359,6 +356,11 @@ impl Engine {
         &self.metrics
     }
 
+    /// The metrics, shared (for the HTTP layer's admission control).
+    pub fn metrics_shared(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     pub fn skew(&self) -> &SkewMonitor {
         &self.skew
     }
@@ -399,6 +401,17 @@ impl Engine {
         request_id: String,
     ) -> Result<RecommendResponse, ApiError> {
         self.pipeline.run(req, request_id).await
+    }
+
+    /// [`Self::recommend`] for a request that arrived at `arrived` (it waited for admission
+    /// since): its deadline counts from then.
+    pub async fn recommend_since(
+        &self,
+        req: ValidRequest,
+        request_id: String,
+        arrived: std::time::Instant,
+    ) -> Result<RecommendResponse, ApiError> {
+        self.pipeline.run_since(req, request_id, arrived).await
     }
 
     /// The state of each dependency, for `/readyz`.
@@ -455,7 +468,11 @@ impl Engine {
                 },
             ),
             Some(r) => (
-                "redis",
+                if r.is_cluster() {
+                    "redis_cluster"
+                } else {
+                    "redis"
+                },
                 match tokio::time::timeout(
                     Duration::from_millis(self.cfg.features.redis_timeout_ms.max(200)),
                     r.ping(),
@@ -515,7 +532,7 @@ impl Engine {
 
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct FeatureStoreState {
-    #[schema(value_type = String, pattern = "^(embedded|redis)$")]
+    #[schema(value_type = String, pattern = "^(embedded|redis|redis_cluster)$")]
     pub kind: &'static str,
     pub state: String,
     #[serde(skip_serializing_if = "Option::is_none")]

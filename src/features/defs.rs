@@ -115,8 +115,9 @@ enum KeySegment {
     Bucket,
 }
 
-/// A Redis key pattern such as `funnel:{version}:u:{id}`, parsed once so rendering is a plain
-/// concatenation (a version string containing `{id}` cannot be re-substituted).
+/// A Redis key pattern such as `funnel:{version}:{{u:{id}}}`, parsed once so rendering is a plain
+/// concatenation (a version string containing `{id}` cannot be re-substituted). `{{` and `}}`
+/// are literal braces, for Redis Cluster hash tags.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeyPattern {
     raw: String,
@@ -143,6 +144,13 @@ impl KeyPattern {
                         segments.push(KeySegment::Literal(rest[..pos].to_owned()));
                     }
                     let tail = &rest[pos..];
+                    // `{{` and `}}` are literal braces: a Redis Cluster hash tag, e.g.
+                    // `funnel:{version}:{{u:{id}}}` renders `funnel:v1:{u:42}`.
+                    if tail.starts_with("{{") || tail.starts_with("}}") {
+                        segments.push(KeySegment::Literal(tail[..1].to_owned()));
+                        rest = &tail[2..];
+                        continue;
+                    }
                     if tail.starts_with('}') {
                         return Err(format!("key pattern {raw:?} has an unmatched '}}'"));
                     }
@@ -1100,6 +1108,15 @@ mod tests {
         assert!(KeyPattern::parse("x:{id").is_err());
         assert!(KeyPattern::parse("x:}{id}").is_err());
         assert!(KeyPattern::parse("x:{version}").is_err());
+        // Literal braces make a cluster hash tag around the id.
+        let k = KeyPattern::parse("funnel:{version}:{{u:{id}}}").unwrap();
+        assert_eq!(k.render("v1", 42), "funnel:v1:{u:42}");
+        let k = KeyPattern::parse("funnel:s:{{trending}}:{bucket}").unwrap();
+        assert_eq!(k.render("", 9), "funnel:s:{trending}:9");
+        assert!(
+            KeyPattern::parse("x:{{id}}").is_err(),
+            "{{id}} is literal: no id left"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod defs;
 pub mod embedded;
 pub mod online;
 pub mod redis;
+pub mod redis_conn;
 pub mod stats;
 pub mod streaming;
 pub mod table;

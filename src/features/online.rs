@@ -119,6 +119,11 @@ pub struct RedisOnline {
 }
 
 impl RedisOnline {
+    /// Whether the store is a Redis Cluster (for `/readyz`).
+    pub fn is_cluster(&self) -> bool {
+        self.store.is_cluster()
+    }
+
     pub fn new(
         store: RedisFeatureStore,
         version: &str,

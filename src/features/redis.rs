@@ -10,14 +10,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, Client, Pipeline, RedisError, Value};
+use ::redis::{Pipeline, Value};
 use serde::{Deserialize, Serialize};
-use tokio::sync::RwLock;
 use tokio::task::JoinSet;
 
 use super::codec;
 use super::defs::{Entity, FeatureKind, FeatureRegistry, KeyGroup, StreamUpdate};
+use super::redis_conn::{ConnOptions, RedisConn};
 use super::{FeatureError, FeatureRow, FeatureTable, FeatureValue};
 
 /// Key holding the version of the last complete push.
@@ -80,18 +79,6 @@ fn validate_version(version: &str) -> Result<(), FeatureError> {
     Ok(())
 }
 
-fn redis_err(context: impl Into<String>, source: RedisError) -> FeatureError {
-    FeatureError::Redis {
-        context: context.into(),
-        source,
-    }
-}
-
-fn open_client(url: &str) -> Result<Client, FeatureError> {
-    // The context deliberately omits the URL: it may carry a password.
-    Client::open(url).map_err(|e| redis_err("parse url", e))
-}
-
 /// Writes every batch feature of `table` to Redis under `version`, then (by default) sets the
 /// current-version key. `registry` must be the table's registry (same hash). Re-pushing a
 /// version is idempotent: each hash is deleted before it is rewritten.
@@ -110,13 +97,14 @@ pub async fn push(
         });
     }
     let start = Instant::now();
-    let config = AsyncConnectionConfig::new()
-        .set_response_timeout(Some(opts.response_timeout))
-        .set_connection_timeout(Some(opts.connection_timeout));
-    let mut conn = open_client(url)?
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(|e| redis_err("connect", e))?;
+    let conn = RedisConn::connect(
+        url,
+        &ConnOptions {
+            response_timeout: Some(opts.response_timeout),
+            connection_timeout: Some(opts.connection_timeout),
+        },
+    )
+    .await?;
 
     let mut stats = PushStats {
         version: version.to_owned(),
@@ -125,7 +113,7 @@ pub async fn push(
     let per_pipeline = opts.entities_per_pipeline.max(1);
     let max_in_flight = opts.max_in_flight.max(1);
     // Dropping the set on an early return aborts the pipelines still in flight.
-    let mut in_flight: JoinSet<Result<(), RedisError>> = JoinSet::new();
+    let mut in_flight: JoinSet<Result<(), FeatureError>> = JoinSet::new();
     for entity in Entity::ALL {
         let groups: Vec<&KeyGroup> = registry
             .key_groups(entity)
@@ -148,8 +136,9 @@ pub async fn push(
             while in_flight.len() >= max_in_flight {
                 join_one(&mut in_flight).await?;
             }
-            let mut conn = conn.clone();
-            in_flight.spawn(async move { pipe.query_async::<()>(&mut conn).await });
+            let conn = conn.clone();
+            in_flight
+                .spawn(async move { conn.query(&pipe, "push pipeline", None).await.map(|_| ()) });
             stats.pipelines += 1;
         }
     }
@@ -157,12 +146,9 @@ pub async fn push(
         join_one(&mut in_flight).await?;
     }
     if opts.set_current_version {
-        ::redis::cmd("SET")
-            .arg(&opts.current_version_key)
-            .arg(version)
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| redis_err("set current version", e))?;
+        let mut set = ::redis::pipe();
+        set.cmd("SET").arg(&opts.current_version_key).arg(version);
+        conn.query(&set, "set current version", None).await?;
         stats.current_version_set = true;
     }
     stats.elapsed_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -216,10 +202,10 @@ fn add_hash_write(
     stats.fields += fields;
 }
 
-async fn join_one(set: &mut JoinSet<Result<(), RedisError>>) -> Result<(), FeatureError> {
+async fn join_one(set: &mut JoinSet<Result<(), FeatureError>>) -> Result<(), FeatureError> {
     match set.join_next().await {
         None | Some(Ok(Ok(()))) => Ok(()),
-        Some(Ok(Err(e))) => Err(redis_err("push pipeline", e)),
+        Some(Ok(Err(e))) => Err(e),
         Some(Err(e)) => Err(FeatureError::Runtime(format!("push task failed: {e}"))),
     }
 }
@@ -270,16 +256,14 @@ impl Default for RedisStoreOptions {
 }
 
 struct Shared {
-    client: Client,
-    config: AsyncConnectionConfig,
-    /// (generation, connection); the generation lets concurrent failures reconnect once.
-    conn: RwLock<(u64, MultiplexedConnection)>,
+    conn: RedisConn,
     registry: FeatureRegistry,
     current_version_key: String,
 }
 
-/// The server's Redis reader: one multiplexed connection shared by all requests (cheap to
-/// clone), transparently re-established once per failed request if Redis dropped it.
+/// The server's Redis reader: one connection shared by all requests (cheap to clone) — to one
+/// server, re-established once per failed request if Redis dropped it, or to a cluster
+/// ([`RedisConn`]).
 ///
 /// Returns only what is stored: `None` for an entity with no hash (or an empty one); fields
 /// unknown to the registry are ignored (written under newer defs), and fields whose bytes do
@@ -312,19 +296,17 @@ impl RedisFeatureStore {
         registry: &FeatureRegistry,
         opts: &RedisStoreOptions,
     ) -> Result<RedisFeatureStore, FeatureError> {
-        let client = open_client(url)?;
-        let config = AsyncConnectionConfig::new()
-            .set_response_timeout(opts.response_timeout)
-            .set_connection_timeout(opts.connection_timeout);
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| redis_err("connect", e))?;
+        let conn = RedisConn::connect(
+            url,
+            &ConnOptions {
+                response_timeout: opts.response_timeout,
+                connection_timeout: opts.connection_timeout,
+            },
+        )
+        .await?;
         Ok(RedisFeatureStore {
             shared: Arc::new(Shared {
-                client,
-                config,
-                conn: RwLock::new((0, conn)),
+                conn,
                 registry: registry.clone(),
                 current_version_key: opts.current_version_key.clone(),
             }),
@@ -491,44 +473,12 @@ impl RedisFeatureStore {
         context: &str,
         reply_timeout: Option<Duration>,
     ) -> Result<Vec<Value>, FeatureError> {
-        let (generation, mut conn) = {
-            let guard = self.shared.conn.read().await;
-            (guard.0, guard.1.clone())
-        };
-        // The timeout belongs to this handle (a clone), not to the shared connection.
-        if let Some(t) = reply_timeout {
-            conn.set_response_timeout(t);
-        }
-        match pipe.query_async::<Vec<Value>>(&mut conn).await {
-            Ok(v) => Ok(v),
-            Err(e) if e.is_unrecoverable_error() || e.is_connection_dropped() => {
-                tracing::warn!(error = %e, "redis connection lost; reconnecting");
-                let mut conn = self.reconnect(generation).await?;
-                if let Some(t) = reply_timeout {
-                    conn.set_response_timeout(t);
-                }
-                pipe.query_async::<Vec<Value>>(&mut conn)
-                    .await
-                    .map_err(|e| redis_err(context, e))
-            }
-            Err(e) => Err(redis_err(context, e)),
-        }
+        self.shared.conn.query(pipe, context, reply_timeout).await
     }
 
-    async fn reconnect(&self, seen_generation: u64) -> Result<MultiplexedConnection, FeatureError> {
-        let mut guard = self.shared.conn.write().await;
-        if guard.0 != seen_generation {
-            // Another request already replaced the connection.
-            return Ok(guard.1.clone());
-        }
-        let conn = self
-            .shared
-            .client
-            .get_multiplexed_async_connection_with_config(&self.shared.config)
-            .await
-            .map_err(|e| redis_err("reconnect", e))?;
-        *guard = (seen_generation.wrapping_add(1), conn.clone());
-        Ok(conn)
+    /// Whether the store is a Redis Cluster (writes that must be atomic keep to one slot).
+    pub fn is_cluster(&self) -> bool {
+        self.shared.conn.is_cluster()
     }
 }
 

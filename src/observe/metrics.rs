@@ -98,6 +98,11 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: String,
 }
@@ -144,6 +149,10 @@ pub struct Metrics {
     skew_null_diff: Family<FeatureLabel, FloatGauge>,
     skew_alarm: Family<FeatureLabel, Gauge>,
     skew_rows: Gauge,
+    admission_in_flight: Gauge,
+    admission_queue: Gauge,
+    admission_shed: Family<ReasonLabel, Counter>,
+    admission_shed_latency: Histogram,
     /// Off (`monitor.metrics = false`): every observe call returns at once.
     recording: bool,
 }
@@ -171,6 +180,10 @@ impl Metrics {
             skew_null_diff: Family::default(),
             skew_alarm: Family::default(),
             skew_rows: Gauge::default(),
+            admission_in_flight: Gauge::default(),
+            admission_queue: Gauge::default(),
+            admission_shed: Family::default(),
+            admission_shed_latency: latency_histogram(),
             registry: Registry::default(),
             recording,
         };
@@ -272,6 +285,27 @@ impl Metrics {
             "Ranker input rows in the skew monitor's window",
             m.skew_rows.clone(),
         );
+        r.register(
+            "admission_in_flight",
+            "Recommend requests in the pipeline now (admission control)",
+            m.admission_in_flight.clone(),
+        );
+        r.register(
+            "admission_queued",
+            "Recommend requests waiting for an admission slot now",
+            m.admission_queue.clone(),
+        );
+        r.register(
+            "admission_shed",
+            "Recommend requests answered 503 overloaded, by reason (queue_full, predicted_wait, queue_timeout)",
+            m.admission_shed.clone(),
+        );
+        r.register_with_unit(
+            "admission_shed_duration",
+            "Server time from a recommend request's admission to its 503 overloaded",
+            Unit::Seconds,
+            m.admission_shed_latency.clone(),
+        );
         m.bundle_info
             .get_or_create(&VersionLabel {
                 version: bundle_version.to_string(),
@@ -351,6 +385,37 @@ impl Metrics {
             }
         }
         self.ensemble_members.observe(f64::from(members));
+    }
+
+    /// A request took an admission slot.
+    pub fn admission_entered(&self) {
+        if self.recording {
+            self.admission_in_flight.inc();
+        }
+    }
+
+    /// A request gave its admission slot back.
+    pub fn admission_left(&self) {
+        if self.recording {
+            self.admission_in_flight.dec();
+        }
+    }
+
+    /// The admission queue grew (+1) or shrank (-1).
+    pub fn admission_queued(&self, delta: i64) {
+        if self.recording {
+            self.admission_queue.inc_by(delta);
+        }
+    }
+
+    /// A request shed by admission control, `seconds` after it reached admission.
+    pub fn observe_shed(&self, reason: &'static str, seconds: f64) {
+        if self.recording {
+            self.admission_shed
+                .get_or_create(&ReasonLabel { reason })
+                .inc();
+            self.admission_shed_latency.observe(seconds);
+        }
     }
 
     pub fn observe_redis_failure(&self, failure: RedisFailure) {

@@ -66,7 +66,17 @@ impl Pipeline {
         req: ValidRequest,
         request_id: String,
     ) -> Result<RecommendResponse, ApiError> {
-        let t0 = Instant::now();
+        self.run_since(req, request_id, Instant::now()).await
+    }
+
+    /// [`Self::run`] for a request that arrived at `t0` (before waiting for admission): its
+    /// deadline and total time count from then.
+    pub async fn run_since(
+        &self,
+        req: ValidRequest,
+        request_id: String,
+        t0: Instant,
+    ) -> Result<RecommendResponse, ApiError> {
         let b = &self.bundle;
         let mut rep = Reports::default();
         let ctx = self.context.resolve(b, &req, t0)?;

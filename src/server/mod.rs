@@ -5,6 +5,7 @@
 //! request bodies (size and time limits), and the containment of panics: a request that panics
 //! gets a 500, the server keeps serving.
 
+pub mod admission;
 pub mod auth;
 pub mod conn;
 pub mod dashboard;
@@ -81,8 +82,24 @@ pub fn router(engine: Arc<Engine>) -> Router {
         next_id: Arc::new(AtomicU64::new(1)),
         id_prefix: format!("{:08x}", rand::random::<u32>()).into(),
     };
+    let cfg = state.engine.config();
+    let admission = cfg.admission.enabled.then(|| {
+        let adm = Arc::new(admission::Admission::new(
+            &cfg.admission,
+            cfg.server.cpu_pool_threads(),
+            state.engine.metrics_shared(),
+        ));
+        tracing::info!(
+            in_flight = adm.limit(),
+            queue = cfg.admission.max_queue,
+            queue_timeout_ms = cfg.admission.queue_timeout_ms,
+            "admission control on /v1/recommend"
+        );
+        adm
+    });
+    let admit = axum::middleware::from_fn_with_state(admission, admission::admit);
     Router::new()
-        .route("/v1/recommend", post(recommend))
+        .route("/v1/recommend", post(recommend).layer(admit))
         .route("/v1/events", post(events))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -331,6 +348,10 @@ async fn method_not_allowed() -> ApiError {
             body = crate::api::ApiErrorBody),
         (status = 500, description = "The request failed inside the server (contained to it)",
             body = crate::api::ApiErrorBody),
+        (status = 503, description = "Over capacity (`overloaded`, with `Retry-After`): shed by \
+            admission control before any work was done; retry later",
+            body = crate::api::ApiErrorBody,
+            headers(("retry-after" = String, description = "Seconds to wait before retrying"))),
     ),
 )]
 async fn recommend(State(s): State<AppState>, req: Request) -> Response {
@@ -367,7 +388,13 @@ async fn recommend(State(s): State<AppState>, req: Request) -> Response {
     // At warn level so it is there under the default filter; its close is only logged with
     // `--log-spans`.
     let span = tracing::warn_span!("request", request_id = %rid);
-    let task = tokio::spawn(async move { engine.recommend(req, rid).await }.instrument(span));
+    let arrived = parts
+        .extensions
+        .get::<admission::Arrival>()
+        .map_or_else(std::time::Instant::now, |a| a.0);
+    let task = tokio::spawn(
+        async move { engine.recommend_since(req, rid, arrived).await }.instrument(span),
+    );
     let mut resp = match task.await {
         Ok(Ok(r)) => Json(r).into_response(),
         Ok(Err(e)) => e.into_response(),

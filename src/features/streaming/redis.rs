@@ -1,5 +1,7 @@
-//! Streaming features in Redis, shared by every server instance. One pipeline per accepted
-//! batch, with the batch aggregated first (per user, per item and bucket):
+//! Streaming features in Redis, shared by every server instance. A batch is aggregated first
+//! (per user, per item and bucket), then written as one transaction per user (a user's keys
+//! share a cluster hash tag) and one for the counter; on one server they all go out in one
+//! pipeline:
 //!
 //! * recent (LIST): `LREM` each item, `LPUSH` them oldest → newest, `LTRIM` to `max_len`, `EXPIRE`;
 //! * seen (ZSET scored by ingest time): `ZADD`, `ZREMRANGEBYSCORE` past the ttl,
@@ -68,10 +70,11 @@ impl RedisStreams {
                 u.1.push(e.item_id);
             }
         }
-        // One transaction: two batches of one user cannot interleave their LREM / LPUSH.
-        let mut pipe = ::redis::pipe();
-        pipe.atomic();
+        // One transaction per user: two batches of one user cannot interleave their LREM /
+        // LPUSH. A user's keys share a hash tag, so each transaction keeps to one cluster slot.
+        let mut units: Vec<Vec<::redis::Cmd>> = Vec::with_capacity(users.len() + 1);
         for (&user, (engaged, all)) in &users {
+            let mut unit = Vec::new();
             if let (Some(d), false) = (&self.defs.recent, engaged.is_empty()) {
                 let key = d.key.render("", user);
                 // Distinct, keeping each item's newest position; pushed oldest first so the
@@ -84,20 +87,16 @@ impl RedisStreams {
                 }
                 newest.truncate(d.max_len);
                 for &i in &newest {
-                    pipe.cmd("LREM").arg(&key).arg(0).arg(i).ignore();
+                    unit.push(cmd3("LREM", &key, 0).arg(i).to_owned());
                 }
                 let mut push = ::redis::cmd("LPUSH");
                 push.arg(&key);
                 for &i in newest.iter().rev() {
                     push.arg(i);
                 }
-                pipe.add_command(push).ignore();
-                pipe.cmd("LTRIM")
-                    .arg(&key)
-                    .arg(0)
-                    .arg(d.max_len as i64 - 1)
-                    .ignore();
-                pipe.cmd("EXPIRE").arg(&key).arg(d.ttl_secs).ignore();
+                unit.push(push);
+                unit.push(cmd3("LTRIM", &key, 0).arg(d.max_len as i64 - 1).to_owned());
+                unit.push(cmd3("EXPIRE", &key, d.ttl_secs));
             }
             if let (Some(d), false) = (&self.defs.seen, all.is_empty()) {
                 let key = d.key.render("", user);
@@ -106,34 +105,73 @@ impl RedisStreams {
                 for &i in all {
                     add.arg(now).arg(i);
                 }
-                pipe.add_command(add).ignore();
-                pipe.cmd("ZREMRANGEBYSCORE")
-                    .arg(&key)
-                    .arg("-inf")
-                    .arg(format!("({}", now - d.ttl_secs as f64))
-                    .ignore();
-                pipe.cmd("ZREMRANGEBYRANK")
-                    .arg(&key)
-                    .arg(0)
-                    .arg(-(d.max_len as i64) - 1)
-                    .ignore();
-                pipe.cmd("EXPIRE").arg(&key).arg(d.ttl_secs).ignore();
+                unit.push(add);
+                unit.push(
+                    cmd3("ZREMRANGEBYSCORE", &key, "-inf")
+                        .arg(format!("({}", now - d.ttl_secs as f64))
+                        .to_owned(),
+                );
+                unit.push(
+                    cmd3("ZREMRANGEBYRANK", &key, 0)
+                        .arg(-(d.max_len as i64) - 1)
+                        .to_owned(),
+                );
+                unit.push(cmd3("EXPIRE", &key, d.ttl_secs));
+            }
+            if !unit.is_empty() {
+                units.push(unit);
             }
         }
         if let (Some(c), false) = (&self.defs.trending, counts.is_empty()) {
             let key = c.key.render("", c.bucket_of(now));
-            for (&item, &w) in &counts {
-                pipe.cmd("ZINCRBY").arg(&key).arg(w).arg(item).ignore();
-            }
-            pipe.cmd("EXPIRE").arg(&key).arg(c.ttl_secs).ignore();
+            let mut unit: Vec<::redis::Cmd> = counts
+                .iter()
+                .map(|(&item, &w)| cmd3("ZINCRBY", &key, w).arg(item).to_owned())
+                .collect();
+            unit.push(cmd3("EXPIRE", &key, c.ttl_secs));
+            units.push(unit);
         }
-        if pipe.is_empty() {
+        if units.is_empty() {
             return Ok(());
         }
-        self.store
-            .query_within(&pipe, "apply events", Some(self.write_timeout))
-            .await
-            .map(|_| ())
+        let atomic = |cmds: Vec<::redis::Cmd>| {
+            let mut pipe = ::redis::pipe();
+            pipe.atomic();
+            for c in cmds {
+                pipe.add_command(c).ignore();
+            }
+            pipe
+        };
+        if !self.store.is_cluster() {
+            // One server: the whole batch in one round trip.
+            let pipe = atomic(units.into_iter().flatten().collect());
+            return self
+                .store
+                .query_within(&pipe, "apply events", Some(self.write_timeout))
+                .await
+                .map(|_| ());
+        }
+        // A cluster: each unit on its slot's master, all at once.
+        let mut running = tokio::task::JoinSet::new();
+        for unit in units {
+            let (store, pipe, t) = (self.store.clone(), atomic(unit), self.write_timeout);
+            running.spawn(async move {
+                store
+                    .query_within(&pipe, "apply events", Some(t))
+                    .await
+                    .map(|_| ())
+            });
+        }
+        let mut result = Ok(());
+        while let Some(done) = running.join_next().await {
+            let done = done
+                .map_err(|e| FeatureError::Runtime(format!("apply task failed: {e}")))
+                .and_then(|r| r);
+            if result.is_ok() {
+                result = done;
+            }
+        }
+        result
     }
 
     pub async fn trending(
@@ -166,6 +204,13 @@ impl RedisStreams {
         }
         Ok(top_of(acc, top))
     }
+}
+
+/// `NAME key arg`, the start of most commands here.
+fn cmd3(name: &str, key: &str, arg: impl ::redis::ToRedisArgs) -> ::redis::Cmd {
+    let mut c = ::redis::cmd(name);
+    c.arg(key).arg(arg);
+    c
 }
 
 /// (member, score) pairs of a `WITHSCORES` reply (RESP2 flat or RESP3 pairs); members that are
