@@ -271,7 +271,11 @@ impl Cluster {
         let mut running: JoinSet<GroupReply> = JoinSet::new();
         for (_, members) in groups {
             // Any slot of the group names the node: the map says they share it.
-            let slot = members.iter().find_map(|&i| slots[i]).or(first).unwrap_or(0);
+            let slot = members
+                .iter()
+                .find_map(|&i| slots[i])
+                .or(first)
+                .unwrap_or(0);
             let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
             self.spawn_group(&mut running, &cmds, members, Some(route));
         }
