@@ -101,7 +101,7 @@ fn spawn_redis(port: u16, dir: &std::path::Path, persistent: bool) -> Option<Chi
     } else {
         &["--appendonly", "no"]
     };
-    let mut child = Command::new("redis-server")
+    let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", ""])
         .args(aof)
@@ -111,17 +111,23 @@ fn spawn_redis(port: u16, dir: &std::path::Path, persistent: bool) -> Option<Chi
         .stderr(Stdio::null())
         .spawn()
         .expect("redis-server must be installed");
+    ready_or_killed(child, port)
+}
+
+/// Waits (up to 10 s) until the redis-server just spawned on `port` answers PING; `None`, with
+/// the process killed, if it exits first or never answers (e.g. the port was taken).
+pub(crate) fn ready_or_killed(mut child: Child, port: u16) -> Option<Child> {
     let url = format!("redis://127.0.0.1:{port}/");
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
+        if child.try_wait().ok()?.is_some() {
             return None;
         }
         let pong = redis::Client::open(url.as_str())
-            .unwrap()
-            .get_connection()
-            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-        if pong.is_ok() {
+            .ok()
+            .and_then(|c| c.get_connection().ok())
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c).ok());
+        if pong.is_some() {
             return Some(child);
         }
         std::thread::sleep(Duration::from_millis(20));

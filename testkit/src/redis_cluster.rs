@@ -207,7 +207,7 @@ fn cluster_port() -> Option<u16> {
 }
 
 fn spawn_node(port: u16, dir: &std::path::Path) -> Option<Child> {
-    let mut child = Command::new("redis-server")
+    let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--cluster-enabled", "yes"])
         .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
@@ -219,19 +219,7 @@ fn spawn_node(port: u16, dir: &std::path::Path) -> Option<Child> {
         .stderr(Stdio::null())
         .spawn()
         .expect("redis-server must be installed");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if child.try_wait().ok()?.is_some() {
-            return None;
-        }
-        if node_query(port, &["PING"]).is_some() {
-            return Some(child);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
+    crate::redis::ready_or_killed(child, port)
 }
 
 /// One command on one node (no cluster routing); its reply as text.

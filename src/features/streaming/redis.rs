@@ -87,7 +87,7 @@ impl RedisStreams {
                 }
                 newest.truncate(d.max_len);
                 for &i in &newest {
-                    unit.push(cmd3("LREM", &key, 0).arg(i).to_owned());
+                    unit.push(cmd4("LREM", &key, 0, i));
                 }
                 let mut push = ::redis::cmd("LPUSH");
                 push.arg(&key);
@@ -95,7 +95,7 @@ impl RedisStreams {
                     push.arg(i);
                 }
                 unit.push(push);
-                unit.push(cmd3("LTRIM", &key, 0).arg(d.max_len as i64 - 1).to_owned());
+                unit.push(cmd4("LTRIM", &key, 0, d.max_len as i64 - 1));
                 unit.push(cmd3("EXPIRE", &key, d.ttl_secs));
             }
             if let (Some(d), false) = (&self.defs.seen, all.is_empty()) {
@@ -106,16 +106,9 @@ impl RedisStreams {
                     add.arg(now).arg(i);
                 }
                 unit.push(add);
-                unit.push(
-                    cmd3("ZREMRANGEBYSCORE", &key, "-inf")
-                        .arg(format!("({}", now - d.ttl_secs as f64))
-                        .to_owned(),
-                );
-                unit.push(
-                    cmd3("ZREMRANGEBYRANK", &key, 0)
-                        .arg(-(d.max_len as i64) - 1)
-                        .to_owned(),
-                );
+                let oldest = format!("({}", now - d.ttl_secs as f64);
+                unit.push(cmd4("ZREMRANGEBYSCORE", &key, "-inf", oldest));
+                unit.push(cmd4("ZREMRANGEBYRANK", &key, 0, -(d.max_len as i64) - 1));
                 unit.push(cmd3("EXPIRE", &key, d.ttl_secs));
             }
             if !unit.is_empty() {
@@ -126,7 +119,7 @@ impl RedisStreams {
             let key = c.key.render("", c.bucket_of(now));
             let mut unit: Vec<::redis::Cmd> = counts
                 .iter()
-                .map(|(&item, &w)| cmd3("ZINCRBY", &key, w).arg(item).to_owned())
+                .map(|(&item, &w)| cmd4("ZINCRBY", &key, w, item))
                 .collect();
             unit.push(cmd3("EXPIRE", &key, c.ttl_secs));
             units.push(unit);
@@ -210,6 +203,18 @@ impl RedisStreams {
 fn cmd3(name: &str, key: &str, arg: impl ::redis::ToRedisArgs) -> ::redis::Cmd {
     let mut c = ::redis::cmd(name);
     c.arg(key).arg(arg);
+    c
+}
+
+/// `NAME key a b`.
+fn cmd4(
+    name: &str,
+    key: &str,
+    a: impl ::redis::ToRedisArgs,
+    b: impl ::redis::ToRedisArgs,
+) -> ::redis::Cmd {
+    let mut c = cmd3(name, key, a);
+    c.arg(b);
     c
 }
 
