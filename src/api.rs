@@ -26,6 +26,8 @@ pub enum ErrorKind {
     Timeout,
     NotFound,
     MethodNotAllowed,
+    /// The request cannot apply to the server's current state.
+    Conflict,
     /// A part the request needs is switched off or down (retrying later may help).
     Unavailable,
     /// Too much work queued; nothing was done, retry.
@@ -94,6 +96,12 @@ error_codes! {
     /// The connection cap is reached (sent with `Retry-After`).
     TooManyConnections = "too_many_connections" => Overloaded,
     Internal = "internal" => Internal,
+    /// A bundle version failed verification, loading or warm-up; the served version stays.
+    VersionRefused = "version_refused" => Invalid,
+    /// No such published bundle version (or none before the served one, for a rollback).
+    VersionNotFound = "version_not_found" => NotFound,
+    /// The server serves a fixed bundle version (started on a version directory).
+    VersionsFixed = "versions_fixed" => Conflict,
 }
 
 impl std::fmt::Display for ErrorCode {

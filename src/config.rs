@@ -44,6 +44,46 @@ pub struct EngineConfig {
     /// Admission control in front of `/v1/recommend`: in-flight limit, short queue, shedding.
     #[serde(default)]
     pub admission: AdmissionConfig,
+    /// Bundle versions: hot reload, how many stay loaded for rollback and pins.
+    #[serde(default)]
+    pub versions: VersionsConfig,
+}
+
+/// Bundle versions at run time (`[versions]`): the server follows the bundle root's `CURRENT`
+/// (polled every `poll_ms`, and on `POST /admin/reload`), loads and verifies a new version off
+/// the request path and swaps it in; up to `keep_loaded` versions stay in memory so a rollback
+/// or a pin is instant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VersionsConfig {
+    /// Poll `CURRENT` for a new version; 0 = only on `POST /admin/reload`.
+    pub poll_ms: u64,
+    /// Versions held in memory at most (the served one included), >= 1.
+    pub keep_loaded: usize,
+    /// Re-check every file's sha256 against the manifest before a reload swaps a version in.
+    pub verify_checksums: bool,
+}
+
+impl Default for VersionsConfig {
+    fn default() -> Self {
+        Self {
+            poll_ms: 2_000,
+            keep_loaded: 2,
+            verify_checksums: true,
+        }
+    }
+}
+
+impl VersionsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=16).contains(&self.keep_loaded) {
+            return Err("versions.keep_loaded must be within 1..=16".into());
+        }
+        if self.poll_ms != 0 && !(100..=3_600_000).contains(&self.poll_ms) {
+            return Err("versions.poll_ms must be 0 (off) or within 100..=3600000".into());
+        }
+        Ok(())
+    }
 }
 
 /// Admission control of `POST /v1/recommend` (`[admission]`): at most `max_in_flight` requests
@@ -364,8 +404,9 @@ impl ServerConfig {
 }
 
 /// Bearer keys for the public API. Keys may also come from the environment
-/// (`FUNNEL_RECOMMEND_KEYS`, `FUNNEL_EVENTS_KEYS`: comma-separated), which adds to these. A route
-/// with no key configured is open.
+/// (`FUNNEL_RECOMMEND_KEYS`, `FUNNEL_EVENTS_KEYS`, `FUNNEL_ADMIN_TOKENS`: comma-separated), which
+/// adds to these. A public route with no key configured is open; the admin routes with no token
+/// configured are off (404).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
@@ -373,11 +414,14 @@ pub struct AuthConfig {
     pub recommend_keys: Vec<String>,
     /// Keys accepted on `POST /v1/events`.
     pub events_keys: Vec<String>,
+    /// Tokens accepted on `/admin/*` (reload, rollback, pin, versions). None: admin is off.
+    pub admin_tokens: Vec<String>,
 }
 
 /// Environment variables whose comma-separated keys join `auth.recommend_keys` / `auth.events_keys`.
 pub const RECOMMEND_KEYS_ENV: &str = "FUNNEL_RECOMMEND_KEYS";
 pub const EVENTS_KEYS_ENV: &str = "FUNNEL_EVENTS_KEYS";
+pub const ADMIN_TOKENS_ENV: &str = "FUNNEL_ADMIN_TOKENS";
 
 impl AuthConfig {
     /// Adds the keys of the environment variables above.
@@ -395,11 +439,18 @@ impl AuthConfig {
         if let Ok(v) = std::env::var(EVENTS_KEYS_ENV) {
             self.events_keys.extend(split(v));
         }
+        if let Ok(v) = std::env::var(ADMIN_TOKENS_ENV) {
+            self.admin_tokens.extend(split(v));
+        }
         self
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        let all = self.recommend_keys.iter().chain(&self.events_keys);
+        let all = self
+            .recommend_keys
+            .iter()
+            .chain(&self.events_keys)
+            .chain(&self.admin_tokens);
         for k in all {
             // Never echo the key itself.
             if k.len() < 16 || k.len() > 256 || !k.bytes().all(|b| b.is_ascii_graphic()) {
@@ -664,6 +715,7 @@ impl EngineConfig {
         self.events.validate()?;
         self.monitor.validate()?;
         self.admission.validate()?;
+        self.versions.validate()?;
         self.rerank.validate()
     }
 }

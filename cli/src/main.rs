@@ -2,6 +2,7 @@
 //! * `serve` loads a bundle and answers `POST /v1/recommend` (Redis or the embedded store).
 //! * `demo` builds a bundle from synthetic data (or MovieLens files) and serves it.
 //! * `inspect` reports what a bundle holds.
+//! * `versions` lists a bundle root's published versions with their evaluation figures.
 
 /// `println!` that ignores a closed stdout (see `say`).
 macro_rules! out {
@@ -94,6 +95,14 @@ enum Cmd {
         #[arg(long, default_value_t = 200_000)]
         interactions: usize,
     },
+    /// List the published versions of a bundle root (oldest first) with their build's metrics.
+    Versions {
+        #[arg(long, default_value = "artifacts/bundle")]
+        bundle: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load a bundle (root with CURRENT, or a version directory) and report on it.
     Inspect {
         #[arg(long)]
@@ -112,7 +121,7 @@ fn main() -> ExitCode {
     // default SIGPIPE action.
     let sigpipe = match cli.cmd {
         Cmd::Serve { .. } | Cmd::Demo { .. } => funnel::cli::SigPipe::Ignore,
-        Cmd::Inspect { .. } => funnel::cli::SigPipe::Default,
+        Cmd::Inspect { .. } | Cmd::Versions { .. } => funnel::cli::SigPipe::Default,
     };
     funnel::cli::init(sigpipe, cli.log_format, cli.log_spans);
     funnel::cli::finish(run(cli))
@@ -124,6 +133,7 @@ fn registry(dir: Option<&Path>) -> Result<FeatureRegistry> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
+        Cmd::Versions { bundle, json } => versions(&bundle, json),
         Cmd::Inspect {
             bundle,
             user,
@@ -278,11 +288,15 @@ fn serve(
             ),
             None => None,
         };
-        let engine = Engine::new(b, cfg, store)?;
+        // A bundle root (with CURRENT) is followed: hot reload, rollback, pins. A version
+        // directory is served as it is.
+        let root = (!bundle.join(funnel::bundle::MANIFEST).is_file()).then(|| bundle.to_path_buf());
+        let engine = Engine::new(b, cfg.clone(), store)?;
         let loaded = t.elapsed().as_secs_f64();
         let e2: Arc<Engine> = engine.clone();
-        funnel::server::serve(
-            engine,
+        let deploy = funnel::engine::deploy::Deployment::new(engine, root, Some(registry.clone()), cfg);
+        funnel::server::serve_deployment(
+            deploy,
             addr,
             move |bound| {
                 say(&format!(
@@ -308,6 +322,52 @@ fn serve(
         .with_context(|| format!("serving on {addr}"))?;
         Ok(())
     })
+}
+
+/// `funnel versions`: the published versions of a bundle root.
+fn versions(bundle: &Path, json: bool) -> Result<ExitCode> {
+    let list = funnel::engine::deploy::describe_versions(bundle)
+        .with_context(|| format!("reading bundle root {}", bundle.display()))?;
+    if json {
+        out!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if list.is_empty() {
+        out!("no published versions in {}", bundle.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    out!(
+        "{:<2} {:<30} {:<20} {:<14} {:>6}  best ranker (NDCG@20 on the build's holdout)",
+        "",
+        "version",
+        "created (UTC)",
+        "holdout",
+        "users"
+    );
+    for v in &list {
+        let m = &v.metrics;
+        let best = m
+            .get("rows")
+            .and_then(|r| r.as_array())
+            .into_iter()
+            .flatten()
+            .filter(|r| r.get("kind").and_then(|k| k.as_str()) == Some("ranker"))
+            .filter_map(|r| Some((r.get("name")?.as_str()?, r.get("ndcg_at_20")?.as_f64()?)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or_else(|| "-".to_string(), |(n, x)| format!("{n} {x:.4}"));
+        out!(
+            "{:<2} {:<30} {:<20} {:<14} {:>6}  {best}",
+            if v.current { "*" } else { "" },
+            v.version,
+            v.created_at.get(..19).unwrap_or(&v.created_at),
+            m.get("holdout").and_then(|x| x.as_str()).unwrap_or("-"),
+            m.get("users")
+                .and_then(|x| x.as_u64())
+                .map_or_else(|| "-".to_string(), |x| x.to_string()),
+        );
+    }
+    out!("* = CURRENT");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Ctrl-C or SIGTERM (what service managers send).

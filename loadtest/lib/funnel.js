@@ -50,6 +50,10 @@ const RANKING = env.RANKING ? JSON.parse(env.RANKING) : null;
 // past capacity, counted as shed (its own latency trend), not as an error.
 const ALLOW_SHED = str('ALLOW_SHED', '0') === '1';
 
+// VERSIONS=a,b (the reload scenario): the bundle versions allowed to answer; any other (or
+// none) counts in wrong_version.
+const VERSIONS = str('VERSIONS', '').split(',').filter((v) => v !== '');
+
 // Thresholds (the measured phase only).
 const P95_MS = num('P95_MS', 200);
 const P99_MS = num('P99_MS', 0); // 0 = no p99 threshold
@@ -86,6 +90,7 @@ const rec_errors = new Counter('rec_errors'); // non-200 recommend responses (sh
 const shed = new Rate('shed'); // ALLOW_SHED: share of recommend requests answered 503 overloaded
 const shed_latency = new Trend('shed_latency', true); // client-side time of those 503s
 const shed_malformed = new Counter('shed_malformed'); // a 503 without Retry-After or its code
+const wrong_version = new Counter('wrong_version'); // VERSIONS: answered by another version
 const events_latency = new Trend('events_latency', true);
 const events_sent = new Counter('events_sent');
 const events_rejected = new Counter('events_rejected');
@@ -242,6 +247,9 @@ function recordResponse(res, kind, main) {
     return body;
   }
   rec_latency.add(res.timings.duration, { user_kind: kind });
+  if (VERSIONS.length > 0 && (body === null || !VERSIONS.includes(body.bundle_version))) {
+    wrong_version.add(1);
+  }
   if (body === null || body.timings_ms === undefined) return body;
   const t = body.timings_ms;
   const s = t.sources || {};

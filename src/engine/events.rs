@@ -72,7 +72,7 @@ impl Engine {
     /// `event_id`s once), then moves the streaming features. Answers only after the log holds
     /// the events.
     pub async fn ingest(self: &Arc<Self>, body: &[u8]) -> Result<EventsResponse, ApiError> {
-        let Some(ing) = &self.ingestor else {
+        let Some(ing) = &self.shared.ingestor else {
             return Err(ApiError::new(
                 ErrorCode::EventsDisabled,
                 "event ingestion is disabled on this server (events.enabled = false)",
@@ -111,7 +111,8 @@ impl Engine {
             .collect();
         let accepted = stream.len();
         let features_updated = self.apply_streams(&stream, now).await;
-        self.metrics
+        self.shared
+            .metrics
             .observe_events(accepted, fresh.len() - accepted, batch.rejected.len());
         Ok(EventsResponse {
             accepted,
@@ -126,18 +127,24 @@ impl Engine {
         if events.is_empty() {
             return true;
         }
-        if let StreamStore::Redis(_) = &*self.streams {
-            if !self.events_breaker.allow() {
+        if let StreamStore::Redis(_) = &*self.shared.streams {
+            if !self.shared.events_breaker.allow() {
                 return false;
             }
             let limit = Duration::from_millis(self.cfg.events.apply_timeout_ms);
-            let got = tokio::time::timeout(limit, self.streams.apply(events, now)).await;
+            let got = tokio::time::timeout(limit, self.shared.streams.apply(events, now)).await;
             let ok = matches!(got, Ok(Ok(())));
-            self.events_breaker.record(ok);
+            self.shared.events_breaker.record(ok);
             match got {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => self.metrics.observe_redis_failure(RedisFailure::Error),
-                Err(_) => self.metrics.observe_redis_failure(RedisFailure::Timeout),
+                Ok(Err(_)) => self
+                    .shared
+                    .metrics
+                    .observe_redis_failure(RedisFailure::Error),
+                Err(_) => self
+                    .shared
+                    .metrics
+                    .observe_redis_failure(RedisFailure::Timeout),
             }
             if !ok {
                 tracing::warn!(
@@ -147,7 +154,7 @@ impl Engine {
             }
             return ok;
         }
-        self.streams.apply(events, now).await.is_ok()
+        self.shared.streams.apply(events, now).await.is_ok()
     }
 
     /// Recomputes the live trending list from the counters and blends it into the trending
@@ -156,21 +163,24 @@ impl Engine {
         let Some(src) = &self.trending else {
             return Ok(0);
         };
-        if self.streams.defs().trending.is_none() {
+        if self.shared.streams.defs().trending.is_none() {
             return Ok(0);
         }
-        if matches!(*self.streams, StreamStore::Redis(_)) && !self.redis_breaker.is_closed() {
+        if matches!(*self.shared.streams, StreamStore::Redis(_))
+            && !self.shared.redis_breaker.is_closed()
+        {
             return Err("redis circuit open".into());
         }
         let ev = &self.cfg.events;
         // Nothing counted and nothing expired since the last refresh: the blend stands.
-        let version = self.streams.trending_version(unix_now_f64());
+        let version = self.shared.streams.trending_version(unix_now_f64());
         if version.is_some() && version == Some(self.trending_version.load(Ordering::Relaxed)) {
             return Ok(0);
         }
         let top = tokio::time::timeout(
             Duration::from_millis(self.cfg.features.redis_timeout_ms.max(100)),
-            self.streams
+            self.shared
+                .streams
                 .trending(unix_now_f64(), ev.trending_top, ev.trending_half_life_s),
         )
         .await
@@ -194,45 +204,33 @@ impl Engine {
         Ok(n)
     }
 
-    /// Starts the engine's background work (the live trending refresh). It stops by itself
-    /// once the engine is dropped.
-    pub fn spawn_background(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
-        if self.trending.is_none() || self.streams.defs().trending.is_none() {
-            return None;
+    /// One step of the background work (the live trending refresh); the deployment calls it
+    /// on the served version every `events.trending_refresh_ms`.
+    pub async fn trending_tick(&self) {
+        if self.trending.is_none() || self.shared.streams.defs().trending.is_none() {
+            return;
         }
-        let weak = Arc::downgrade(self);
-        let every = Duration::from_millis(self.cfg.events.trending_refresh_ms);
-        Some(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(engine) = weak.upgrade() else {
-                    break;
-                };
-                match engine.refresh_trending().await {
-                    Ok(_) => engine.trending_failures.store(0, Ordering::Relaxed),
-                    Err(e) => {
-                        let n = engine.trending_failures.fetch_add(1, Ordering::Relaxed);
-                        if n == 0 {
-                            tracing::warn!(error = %e, "live trending refresh failed");
-                        }
-                        // A live list that cannot be refreshed goes stale: after a few seconds
-                        // of failures the build's list serves alone again.
-                        if n + 1 == STALE_AFTER_FAILURES {
-                            if let Some(src) = &engine.trending {
-                                src.set_live(&[], 0.0);
-                            }
-                            engine.trending_version.store(u64::MAX, Ordering::Relaxed);
-                        }
+        match self.refresh_trending().await {
+            Ok(_) => self.trending_failures.store(0, Ordering::Relaxed),
+            Err(e) => {
+                let n = self.trending_failures.fetch_add(1, Ordering::Relaxed);
+                if n == 0 {
+                    tracing::warn!(error = %e, "live trending refresh failed");
+                }
+                // A live list that cannot be refreshed goes stale: after a few seconds of
+                // failures the build's list serves alone again.
+                if n + 1 == STALE_AFTER_FAILURES {
+                    if let Some(src) = &self.trending {
+                        src.set_live(&[], 0.0);
                     }
+                    self.trending_version.store(u64::MAX, Ordering::Relaxed);
                 }
             }
-        }))
+        }
     }
 
     pub(super) fn events_state(&self) -> EventsState {
-        let (appended, duplicates, commits, failures, recovered) = match &self.ingestor {
+        let (appended, duplicates, commits, failures, recovered) = match &self.shared.ingestor {
             Some(i) => (
                 i.stats.appended.load(Ordering::Relaxed),
                 i.stats.duplicates.load(Ordering::Relaxed),
@@ -243,13 +241,13 @@ impl Engine {
             None => (0, 0, 0, 0, 0),
         };
         EventsState {
-            enabled: self.ingestor.is_some(),
+            enabled: self.shared.ingestor.is_some(),
             appended,
             duplicates,
             commits,
             failures,
             recovered_ids: recovered,
-            stream_store: match *self.streams {
+            stream_store: match *self.shared.streams {
                 StreamStore::Redis(_) => "redis",
                 StreamStore::Memory(_) => "memory",
             },

@@ -2,6 +2,7 @@
 //! request path — readiness for `/readyz`, event ingestion and the live trending refresh
 //! (`events.rs`). The request path itself is `crate::pipeline`.
 
+pub mod deploy;
 mod events;
 
 use std::collections::BTreeMap;
@@ -56,30 +57,88 @@ pub enum StoreKind {
     Redis,
 }
 
-/// A loaded bundle, ready to answer requests. Shared by all request tasks (`Arc<Engine>`).
+/// A loaded bundle version, ready to answer requests. Shared by all request tasks
+/// (`Arc<Engine>`); a hot reload builds a new one over the same [`Shared`] parts and swaps it in
+/// (see [`deploy`]), and requests in flight finish on the one they started with.
 pub struct Engine {
     cfg: EngineConfig,
     bundle: Arc<Bundle>,
     pipeline: Pipeline,
+    /// The version's view of Redis: its version-tagged keys and its item-feature cache.
     redis: Option<Arc<RedisOnline>>,
-    /// Around the request path's Redis reads (user and item features, the trending refresh).
-    redis_breaker: Arc<Breaker>,
-    /// Around ingestion's Redis writes: a slow ingest burst must not open the request path's.
-    events_breaker: Breaker,
     /// The trending source, typed: the live counters move it.
     trending: Option<Arc<TrendingSource>>,
-    /// Streaming features (recent, seen, trending counters): Redis, or in process.
-    streams: Arc<StreamStore>,
-    /// The event log's writer; None when `events.enabled` is false.
-    ingestor: Option<Ingestor>,
     /// Live trending refreshes that failed in a row (for `/readyz`).
     trending_failures: std::sync::atomic::AtomicU64,
-    /// What `/metrics` exports; the pipeline and ingestion record into it.
-    metrics: Arc<Metrics>,
     /// Served ranker inputs against the training reference.
     skew: Arc<SkewMonitor>,
     /// The in-process counters' version the live trending blend was made from.
     trending_version: std::sync::atomic::AtomicU64,
+    /// What outlives the version: connections, breakers, streams, the event log, metrics.
+    shared: Arc<Shared>,
+}
+
+/// The parts of a server that do not belong to one bundle version and survive a reload: the
+/// Redis connection and its breakers, the streaming features, the event log (one writer per
+/// directory) and the metrics registry.
+pub struct Shared {
+    redis_store: Option<RedisFeatureStore>,
+    /// Around the request path's Redis reads (user and item features, the trending refresh).
+    redis_breaker: Arc<Breaker>,
+    /// Around ingestion's Redis writes: a slow ingest burst must not open the request path's.
+    events_breaker: Breaker,
+    /// Streaming features (recent, seen, trending counters): Redis, or in process.
+    streams: Arc<StreamStore>,
+    /// The event log's writer; None when `events.enabled` is false.
+    ingestor: Option<Ingestor>,
+    /// What `/metrics` exports; the pipeline and ingestion record into it.
+    metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    /// Opens what the first version needs and later ones reuse. `redis` None = embedded store.
+    pub fn open(
+        bundle: &Bundle,
+        cfg: &EngineConfig,
+        redis: Option<RedisFeatureStore>,
+    ) -> Result<Arc<Self>, EngineError> {
+        cfg.validate().map_err(EngineError::Config)?;
+        let streams = Arc::new(match &redis {
+            Some(store) => StreamStore::Redis(RedisStreams::new(
+                store.clone(),
+                bundle.stream_defs.clone(),
+                cfg.events.trending_top,
+                Duration::from_millis(cfg.events.apply_timeout_ms),
+            )),
+            None => StreamStore::Memory(MemoryStreams::new(
+                bundle.stream_defs.clone(),
+                cfg.events.memory_max_users,
+                cfg.events.trending_half_life_s,
+            )),
+        });
+        let ingestor = if cfg.events.enabled {
+            Some(events::open_log(&cfg.events)?)
+        } else {
+            None
+        };
+        let metrics = Arc::new(Metrics::new(
+            &bundle.manifest.version,
+            ingestor.as_ref().map(|i| i.stats.commit_seconds.clone()),
+            cfg.monitor.metrics,
+        ));
+        Ok(Arc::new(Shared {
+            redis_store: redis,
+            redis_breaker: Arc::new(Breaker::new("redis", cfg.breaker)),
+            events_breaker: Breaker::new("redis.events", cfg.breaker),
+            streams,
+            ingestor,
+            metrics,
+        }))
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
 }
 
 /// Connects to Redis for the request path (reply timeout from the config).
@@ -209,9 +268,19 @@ fn load_faiss(_bundle: &Bundle, _cfg: &EngineConfig) -> Result<FaissLoad, Engine
 impl Engine {
     /// Takes the bundle's components into serving form. `redis` None = the embedded store.
     pub fn new(
+        bundle: Bundle,
+        cfg: EngineConfig,
+        redis: Option<RedisFeatureStore>,
+    ) -> Result<Arc<Self>, EngineError> {
+        let shared = Shared::open(&bundle, &cfg, redis)?;
+        Self::with_shared(bundle, cfg, shared)
+    }
+
+    /// Another bundle version over the parts an earlier one opened (a hot reload).
+    pub fn with_shared(
         mut bundle: Bundle,
         mut cfg: EngineConfig,
-        redis: Option<RedisFeatureStore>,
+        shared: Arc<Shared>,
     ) -> Result<Arc<Self>, EngineError> {
         cfg.validate().map_err(EngineError::Config)?;
         if cfg.ranking.strategy_from_bundle {
@@ -242,25 +311,7 @@ impl Engine {
             .thread_name(|i| format!("funnel-sources-{i}"))
             .build()
             .map_err(|e| EngineError::Pool(e.to_string()))?;
-        let streams = Arc::new(match &redis {
-            Some(store) => StreamStore::Redis(RedisStreams::new(
-                store.clone(),
-                bundle.stream_defs.clone(),
-                cfg.events.trending_top,
-                Duration::from_millis(cfg.events.apply_timeout_ms),
-            )),
-            None => StreamStore::Memory(MemoryStreams::new(
-                bundle.stream_defs.clone(),
-                cfg.events.memory_max_users,
-                cfg.events.trending_half_life_s,
-            )),
-        });
-        let ingestor = if cfg.events.enabled {
-            Some(events::open_log(&cfg.events)?)
-        } else {
-            None
-        };
-        let redis = redis.map(|store| {
+        let redis = shared.redis_store.clone().map(|store| {
             Arc::new(RedisOnline::new(
                 store,
                 &bundle.manifest.version,
@@ -268,13 +319,9 @@ impl Engine {
                 cfg.features.item_cache_capacity,
             ))
         });
-        let redis_breaker = Arc::new(Breaker::new("redis", cfg.breaker));
+        let redis_breaker = shared.redis_breaker.clone();
         let features_ms = cfg.budget.features_ms;
-        let metrics = Arc::new(Metrics::new(
-            &bundle.manifest.version,
-            ingestor.as_ref().map(|i| i.stats.commit_seconds.clone()),
-            cfg.monitor.metrics,
-        ));
+        let metrics = shared.metrics.clone();
         let reference = bundle
             .rankers_manifest
             .as_ref()
@@ -292,7 +339,7 @@ impl Engine {
             features: FeatureStage::new(
                 redis.clone(),
                 redis_breaker.clone(),
-                streams.clone(),
+                shared.streams.clone(),
                 features_ms,
                 metrics.clone(),
             ),
@@ -319,25 +366,26 @@ impl Engine {
                 threads,
                 skew.clone(),
             ),
-            metrics: metrics.clone(),
+            metrics,
             rerank: RerankStage::new(&cfg.rerank),
             bundle: bundle.clone(),
         };
         Ok(Arc::new(Engine {
-            events_breaker: Breaker::new("redis.events", cfg.breaker),
-            redis_breaker,
             cfg,
             bundle,
             pipeline,
             redis,
             trending,
-            streams,
-            ingestor,
             trending_failures: std::sync::atomic::AtomicU64::new(0),
             trending_version: std::sync::atomic::AtomicU64::new(u64::MAX),
-            metrics,
             skew,
+            shared,
         }))
+    }
+
+    /// The parts a reload builds the next version over.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     pub fn bundle(&self) -> &Bundle {
@@ -353,12 +401,12 @@ impl Engine {
     }
 
     pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+        &self.shared.metrics
     }
 
     /// The metrics, shared (for the HTTP layer's admission control).
     pub fn metrics_shared(&self) -> Arc<Metrics> {
-        self.metrics.clone()
+        self.shared.metrics.clone()
     }
 
     pub fn skew(&self) -> &SkewMonitor {
@@ -372,14 +420,14 @@ impl Engine {
             .map(|b| (b.name().to_string(), b.state_name()))
             .collect();
         let (skew, rows) = self.skew.gauges();
-        self.metrics.render(&breakers, &skew, rows)
+        self.shared.metrics.render(&breakers, &skew, rows)
     }
 
     /// Every circuit breaker: Redis (request path, ingestion) when there is one, each source's,
     /// each ranker's.
     fn breakers(&self) -> impl Iterator<Item = &Breaker> {
         let slots = self.pipeline.retrieval.slots();
-        [&*self.redis_breaker, &self.events_breaker]
+        [&*self.shared.redis_breaker, &self.shared.events_breaker]
             .into_iter()
             .filter(|_| self.redis.is_some())
             .chain(slots.iter().map(|s| s.breaker()))
@@ -526,6 +574,7 @@ impl Engine {
             breakers,
             events: self.events_state(),
             skew: self.skew.report(),
+            versions: None,
         }
     }
 }
@@ -577,6 +626,9 @@ pub struct Readiness {
     pub events: events::EventsState,
     /// The training–serving skew monitor (does not change `status`: the server still serves).
     pub skew: SkewReport,
+    /// Bundle versions: the served one, those loaded, the last reload, rollback or pin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub versions: Option<deploy::VersionsState>,
 }
 
 /// `message` with every absolute filesystem path cut to its file name: `/readyz` is often

@@ -108,6 +108,11 @@ struct VersionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FeatureLabel {
     feature: String,
 }
@@ -153,6 +158,8 @@ pub struct Metrics {
     admission_queue: Gauge,
     admission_shed: Family<ReasonLabel, Counter>,
     admission_shed_latency: Histogram,
+    bundle_reloads: Family<ResultLabel, Counter>,
+    bundle_loaded: Gauge,
     /// Off (`monitor.metrics = false`): every observe call returns at once.
     recording: bool,
 }
@@ -184,6 +191,8 @@ impl Metrics {
             admission_queue: Gauge::default(),
             admission_shed: Family::default(),
             admission_shed_latency: latency_histogram(),
+            bundle_reloads: Family::default(),
+            bundle_loaded: Gauge::default(),
             registry: Registry::default(),
             recording,
         };
@@ -306,12 +315,46 @@ impl Metrics {
             Unit::Seconds,
             m.admission_shed_latency.clone(),
         );
+        r.register(
+            "bundle_reloads",
+            "Bundle version changes asked for (reload, rollback, pin), by result (swapped, unchanged, refused)",
+            m.bundle_reloads.clone(),
+        );
+        r.register(
+            "bundle_versions_loaded",
+            "Bundle versions held in memory (the served one and those kept for rollback or pins)",
+            m.bundle_loaded.clone(),
+        );
         m.bundle_info
             .get_or_create(&VersionLabel {
                 version: bundle_version.to_string(),
             })
             .set(1);
+        m.bundle_loaded.set(1);
         Metrics { registry, ..m }
+    }
+
+    /// The served bundle version changed (a hot reload, rollback or pin).
+    pub fn set_bundle_version(&self, version: &str) {
+        self.bundle_info.clear();
+        self.bundle_info
+            .get_or_create(&VersionLabel {
+                version: version.to_string(),
+            })
+            .set(1);
+        // Breakers and skew inputs are the served version's: the old version's series go.
+        self.breaker_state.clear();
+        self.skew_psi.clear();
+        self.skew_null_diff.clear();
+        self.skew_alarm.clear();
+    }
+
+    /// One asked-for version change: `result` is swapped, unchanged or refused.
+    pub fn observe_reload(&self, result: &'static str, loaded: usize) {
+        self.bundle_reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
+        self.bundle_loaded.set(loaded as i64);
     }
 
     /// One answered HTTP request. `route` is the matched route template (bounded label values).

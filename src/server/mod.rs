@@ -1,10 +1,12 @@
 //! The HTTP surface (axum): `POST /v1/recommend`, `POST /v1/events`, `GET /healthz`,
-//! `GET /readyz`, `GET /metrics` (Prometheus) and `GET /openapi.json`, the API's description
-//! generated from these types ([`openapi`]). It owns the mapping of failures to statuses — every error is JSON
+//! `GET /readyz`, `GET /metrics` (Prometheus), `GET /openapi.json`, the API's description
+//! generated from these types ([`openapi`]), and the token-guarded bundle version routes under
+//! `/admin` ([`admin`]). It owns the mapping of failures to statuses — every error is JSON
 //! `{code, message}`, including those of the HTTP layer ([`conn`]) — the API keys ([`auth`]),
 //! request bodies (size and time limits), and the containment of panics: a request that panics
 //! gets a 500, the server keeps serving.
 
+pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod conn;
@@ -25,6 +27,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use crate::api::{ApiError, ErrorCode, ErrorKind, RecommendRequest};
+use crate::engine::deploy::Deployment;
 use crate::engine::Engine;
 
 use self::auth::KeySet;
@@ -42,6 +45,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::Timeout => StatusCode::REQUEST_TIMEOUT,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
         ErrorKind::Unavailable | ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -63,31 +67,47 @@ impl IntoResponse for ApiError {
 
 #[derive(Clone)]
 struct AppState {
-    engine: Arc<Engine>,
+    /// The served bundle version and those beside it; each request takes the current engine
+    /// once and keeps it to its end.
+    deploy: Arc<Deployment>,
     next_id: Arc<AtomicU64>,
     id_prefix: Arc<str>,
     recommend_keys: Arc<KeySet>,
     events_keys: Arc<KeySet>,
+    admin_tokens: Arc<KeySet>,
     body_timeout: Duration,
 }
 
-/// The application's routes over `engine`.
+impl AppState {
+    fn engine(&self) -> Arc<Engine> {
+        self.deploy.current()
+    }
+}
+
+/// The application's routes over a fixed `engine`.
 pub fn router(engine: Arc<Engine>) -> Router {
+    router_for(Deployment::fixed(engine))
+}
+
+/// The application's routes over the versions of `deploy`. Server-wide settings (listen,
+/// limits, keys, admission) are the first version's config; a reload changes the bundle only.
+pub fn router_for(deploy: Arc<Deployment>) -> Router {
+    let engine = deploy.current();
     let cfg = engine.config();
     let state = AppState {
         recommend_keys: Arc::new(KeySet::new(&cfg.auth.recommend_keys)),
         events_keys: Arc::new(KeySet::new(&cfg.auth.events_keys)),
+        admin_tokens: Arc::new(KeySet::new(&cfg.auth.admin_tokens)),
         body_timeout: Duration::from_millis(cfg.server.body_timeout_ms),
-        engine,
+        deploy,
         next_id: Arc::new(AtomicU64::new(1)),
         id_prefix: format!("{:08x}", rand::random::<u32>()).into(),
     };
-    let cfg = state.engine.config();
     let admission = cfg.admission.enabled.then(|| {
         let adm = Arc::new(admission::Admission::new(
             &cfg.admission,
             cfg.server.cpu_pool_threads(),
-            state.engine.metrics_shared(),
+            engine.metrics_shared(),
         ));
         tracing::info!(
             in_flight = adm.limit(),
@@ -106,6 +126,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/dashboard", get(dashboard::page))
+        .route("/admin/versions", get(admin::versions))
+        .route("/admin/reload", post(admin::reload))
+        .route("/admin/rollback", post(admin::rollback))
+        .route("/admin/pin", post(admin::pin))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
@@ -115,7 +139,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
 /// The route label of a request: its matched route, one of a fixed set (an unmatched path is
 /// "other", so a scanner cannot grow the metrics without bound).
 fn route_label(path: Option<&MatchedPath>) -> &'static str {
-    const ROUTES: [&str; 7] = [
+    const ROUTES: [&str; 11] = [
         "/v1/recommend",
         "/v1/events",
         "/healthz",
@@ -123,6 +147,10 @@ fn route_label(path: Option<&MatchedPath>) -> &'static str {
         "/metrics",
         "/openapi.json",
         "/dashboard",
+        "/admin/versions",
+        "/admin/reload",
+        "/admin/rollback",
+        "/admin/pin",
     ];
     path.and_then(|p| ROUTES.iter().find(|r| **r == p.as_str()).copied())
         .unwrap_or("other")
@@ -133,21 +161,32 @@ async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Respons
     let t = std::time::Instant::now();
     let route = route_label(req.extensions().get::<MatchedPath>());
     let resp = next.run(req).await;
-    s.engine
+    s.engine()
         .metrics()
         .observe_http(route, resp.status().as_u16(), t.elapsed().as_secs_f64());
     resp
 }
 
-/// Serves `router(engine)` on `addr` until `shutdown` resolves, then lets requests in flight
-/// finish (up to 10 s). Returns the bound address through `on_bound` first (port 0 picks a
-/// free one).
+/// Serves a fixed `engine` (see [`serve_deployment`]).
 pub async fn serve(
     engine: Arc<Engine>,
     addr: SocketAddr,
     on_bound: impl FnOnce(SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_deployment(Deployment::fixed(engine), addr, on_bound, shutdown).await
+}
+
+/// Serves `router_for(deploy)` on `addr` until `shutdown` resolves, then lets requests in
+/// flight finish (up to 10 s). Returns the bound address through `on_bound` first (port 0
+/// picks a free one). Runs the deployment's background work (`CURRENT` poller, live trending).
+pub async fn serve_deployment(
+    deploy: Arc<Deployment>,
+    addr: SocketAddr,
+    on_bound: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let engine = deploy.current();
     let listener = tokio::net::TcpListener::bind(addr).await?;
     on_bound(listener.local_addr()?);
     let mut limits = conn::ConnLimits::from_config(&engine.config().server);
@@ -175,11 +214,18 @@ pub async fn serve(
             tracing::info!(keys = keys.len(), "{route} requires an API key");
         }
     }
-    let background = engine.spawn_background();
+    if !auth.admin_tokens.is_empty() {
+        tracing::info!(
+            tokens = auth.admin_tokens.len(),
+            "/admin routes on (bearer token)"
+        );
+    }
+    let background = deploy.spawn_background();
+    drop(engine);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let accept = conn::accept_loop(
         listener,
-        router(engine),
+        router_for(deploy),
         limits,
         stopped,
         Duration::from_secs(10),
@@ -192,7 +238,7 @@ pub async fn serve(
             accept.await;
         }
     }
-    if let Some(b) = background {
+    for b in background {
         b.abort();
     }
     Ok(())
@@ -288,12 +334,14 @@ async fn healthz() -> Json<Health> {
     (status = 200, description = "Readiness of every dependency", body = crate::engine::Readiness),
 ))]
 async fn readyz(State(s): State<AppState>) -> Json<crate::engine::Readiness> {
-    Json(s.engine.readiness().await)
+    let mut r = s.engine().readiness().await;
+    r.versions = Some(s.deploy.state());
+    Json(r)
 }
 
 /// Prometheus scrape: rendering walks every series, so it runs off the reactor.
 async fn metrics(State(s): State<AppState>) -> Response {
-    let engine = s.engine.clone();
+    let engine = s.engine();
     match tokio::task::spawn_blocking(move || engine.render_metrics()).await {
         Ok(text) => (
             [(
@@ -360,12 +408,14 @@ async fn recommend(State(s): State<AppState>, req: Request) -> Response {
     if let Err(e) = s.recommend_keys.check(&headers) {
         return e.into_response();
     }
-    let limit = s.engine.config().server.max_body_bytes;
+    // The version that answers: taken once, kept to the end even if a reload swaps meanwhile.
+    let engine = s.engine();
+    let limit = engine.config().server.max_body_bytes;
     let body = match read_body(&headers, body, limit, s.body_timeout).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let req = match RecommendRequest::parse(&body, &s.engine.config().server) {
+    let req = match RecommendRequest::parse(&body, &engine.config().server) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -382,7 +432,6 @@ async fn recommend(State(s): State<AppState>, req: Request) -> Response {
             )
         });
     // A spawned task turns a panic anywhere in the request path into a JoinError.
-    let engine = s.engine.clone();
     let rid = request_id.clone();
     // Every log line of the request carries its id (the JSON log format prints span fields).
     // At warn level so it is there under the default filter; its close is only logged with
@@ -440,12 +489,12 @@ async fn events(State(s): State<AppState>, req: Request) -> Response {
     if let Err(e) = s.events_keys.check(&parts.headers) {
         return e.into_response();
     }
-    let limit = s.engine.config().events.max_body_bytes;
+    let engine = s.engine();
+    let limit = engine.config().events.max_body_bytes;
     let body = match read_body(&parts.headers, body, limit, s.body_timeout).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let engine = s.engine.clone();
     // As for recommend: a panic is contained to this request.
     match tokio::spawn(async move { engine.ingest(&body).await }).await {
         Ok(Ok(r)) => (StatusCode::ACCEPTED, Json(r)).into_response(),

@@ -23,6 +23,8 @@ use crate::api::{ApiError, ApiErrorBody, ErrorCode};
 
 /// The security scheme name the key-protected operations refer to.
 pub const API_KEY_SCHEME: &str = "api_key";
+/// The security scheme of the `/admin` routes.
+pub const ADMIN_TOKEN_SCHEME: &str = "admin_token";
 
 /// Codes the HTTP layer may answer on any route, before the router sees the request.
 pub const HTTP_LAYER_CODES: &[ErrorCode] = &[
@@ -56,7 +58,11 @@ pub const METHOD_NOT_ALLOWED_RESPONSE: &str = "MethodNotAllowed";
         super::readyz,
         metrics,
         dashboard,
-        openapi_json
+        openapi_json,
+        super::admin::versions,
+        super::admin::reload,
+        super::admin::rollback,
+        super::admin::pin
     ),
     components(schemas(ApiErrorBody, ErrorCode)),
     modifiers(&ApiKeys, &HttpLayerErrors, &Descriptions),
@@ -64,7 +70,9 @@ pub const METHOD_NOT_ALLOWED_RESPONSE: &str = "MethodNotAllowed";
         (name = "recommend", description = "Recommendations"),
         (name = "events", description = "Interaction events"),
         (name = "health", description = "Liveness and readiness"),
-        (name = "operations", description = "Metrics, dashboard and this document")
+        (name = "operations", description = "Metrics, dashboard and this document"),
+        (name = "admin", description = "Bundle versions: list, hot reload, rollback, pin \
+            (bearer token from `[auth] admin_tokens`; without one these routes answer 404)")
     )
 )]
 pub struct ApiDoc;
@@ -136,9 +144,16 @@ impl Modify for ApiKeys {
              for the route (`[auth] recommend_keys / events_keys`)"
                 .into(),
         );
-        doc.components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme(API_KEY_SCHEME, SecurityScheme::Http(scheme));
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(API_KEY_SCHEME, SecurityScheme::Http(scheme));
+        let mut admin = Http::new(HttpAuthScheme::Bearer);
+        admin.description = Some(
+            "Admin token as `Authorization: Bearer TOKEN` (`[auth] admin_tokens` or \
+             `FUNNEL_ADMIN_TOKENS`); always required — with no token configured the admin \
+             routes answer 404"
+                .into(),
+        );
+        components.add_security_scheme(ADMIN_TOKEN_SCHEME, SecurityScheme::Http(admin));
     }
 }
 

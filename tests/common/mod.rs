@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use funnel::bundle::Bundle;
 use funnel::config::{Clock, EngineConfig};
+use funnel::engine::deploy::Deployment;
 use funnel::engine::{connect_redis, Engine};
 use funnel::features::FeatureRegistry;
 use index_builder::build::{run, BuildArgs};
@@ -107,7 +108,9 @@ pub fn fresh_dir(tag: &str) -> PathBuf {
 /// A live server on a loopback port, stopped on drop.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The engine it started with (a reload may serve another since: see `deploy`).
     pub engine: Arc<Engine>,
+    pub deploy: Arc<Deployment>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -124,14 +127,29 @@ impl TestServer {
         Self::serve(engine).await
     }
 
+    /// Serves the bundle root `root` as `funnel serve` does: following its `CURRENT`, with
+    /// rollback and pins.
+    pub async fn start_root(root: &Path, cfg: EngineConfig) -> TestServer {
+        let registry = FeatureRegistry::bundled().expect("feature defs");
+        let b = Bundle::open(root, &registry).expect("open bundle");
+        let engine = Engine::new(b, cfg.clone(), None).expect("engine");
+        let deploy = Deployment::new(engine, Some(root.to_path_buf()), Some(registry), cfg);
+        Self::serve_deploy(deploy).await
+    }
+
     /// Serves an engine built by the test (e.g. with an injected faulty ranker).
     pub async fn serve(engine: Arc<Engine>) -> TestServer {
+        Self::serve_deploy(Deployment::fixed(engine)).await
+    }
+
+    pub async fn serve_deploy(deploy: Arc<Deployment>) -> TestServer {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-        let e = engine.clone();
+        let engine = deploy.current();
+        let d = deploy.clone();
         let task = tokio::spawn(async move {
-            funnel::server::serve(
-                e,
+            funnel::server::serve_deployment(
+                d,
                 "127.0.0.1:0".parse().expect("addr"),
                 move |a| {
                     let _ = bound_tx.send(a);
@@ -149,6 +167,7 @@ impl TestServer {
         TestServer {
             addr,
             engine,
+            deploy,
             stop: Some(stop),
             task: Some(task),
         }
