@@ -43,6 +43,7 @@ fn request(user: UserId, session: Vec<u64>) -> RecommendRequest {
         explain: false,
         ranking: Default::default(),
         deadline_ms: None,
+        arm: None,
     }
 }
 

@@ -102,6 +102,8 @@ error_codes! {
     VersionNotFound = "version_not_found" => NotFound,
     /// The server serves a fixed bundle version (started on a version directory).
     VersionsFixed = "versions_fixed" => Conflict,
+    /// No experiment is configured.
+    NoExperiment = "no_experiment" => NotFound,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -172,6 +174,18 @@ pub enum UserId {
 }
 
 impl UserId {
+    /// The id as experiment assignment hashes it: a number's decimal form (so `42` and
+    /// `"42"` are one user, as for the bundle), else the trimmed string.
+    pub fn key(&self) -> String {
+        match self.as_u64() {
+            Some(n) => n.to_string(),
+            None => match self {
+                UserId::Str(s) => s.trim().to_string(),
+                UserId::Num(n) => n.to_string(),
+            },
+        }
+    }
+
     /// The numeric id the bundle keys users by; None for ids that cannot be one (a cold user).
     pub fn as_u64(&self) -> Option<u64> {
         match self {
@@ -249,10 +263,15 @@ pub struct RecommendRequest {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 60000)]
     pub deadline_ms: Option<u64>,
+    /// Serve this arm of the running experiment instead of the user's assigned one (for
+    /// testing an arm; shadow arms cannot be forced). An unknown arm is a 422.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
+    pub arm: Option<String>,
 }
 
-/// Overrides of the configured ensemble for one request.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+/// Overrides of the configured ensemble for one request (or one experiment arm).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RankingOverride {
     /// Combination strategy: mean | weighted | rank_avg | borda | stacking.
@@ -263,6 +282,13 @@ pub struct RankingOverride {
     pub max_models: Option<u32>,
     /// `optimize` | `all` (see `[ranking] selection`).
     pub selection: Option<crate::ranking::select::SelectionMode>,
+}
+
+impl RankingOverride {
+    /// Nothing overridden.
+    pub fn is_empty(&self) -> bool {
+        *self == RankingOverride::default()
+    }
 }
 
 /// Cap on `ranking.max_models` and `ranking.models` in a request.
@@ -375,6 +401,11 @@ impl RecommendRequest {
                 )));
             }
         }
+        if let Some(a) = &self.arm {
+            if a.is_empty() || a.len() > 64 {
+                return Err(ApiError::invalid("arm must be 1..=64 bytes"));
+            }
+        }
         Ok(ValidRequest {
             req: self,
             timestamp,
@@ -392,6 +423,25 @@ pub struct ValidRequest {
     pub timestamp: Option<i64>,
     /// `filters.published_after` as unix seconds.
     pub published_after: Option<i64>,
+}
+
+impl ValidRequest {
+    /// The request with an experiment arm's ranking override, where it sets none of its own.
+    pub fn with_arm_ranking(mut self, ranking: &RankingOverride) -> Self {
+        if self.req.ranking.is_empty() {
+            self.req.ranking = ranking.clone();
+        }
+        self
+    }
+
+    /// The request as a shadow arm runs it: the arm's ranking override, and no explain.
+    pub fn for_shadow(mut self, ranking: Option<&RankingOverride>) -> Self {
+        if let Some(r) = ranking {
+            self.req.ranking = r.clone();
+        }
+        self.req.explain = false;
+        self
+    }
 }
 
 impl std::ops::Deref for ValidRequest {
@@ -552,6 +602,19 @@ pub struct RecommendResponse {
     pub timings_ms: Timings,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub explain: Option<Explain>,
+    /// The experiment and arm that served this request (when an experiment runs). Send the
+    /// response's `request_id` with the events it leads to, so they count for this arm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<ExperimentTag>,
+}
+
+/// Which experiment arm served a response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ExperimentTag {
+    pub name: String,
+    pub arm: String,
+    /// The arm was forced by the request's `arm`, not assigned.
+    pub forced: bool,
 }
 
 #[cfg(test)]

@@ -47,6 +47,95 @@ pub struct EngineConfig {
     /// Bundle versions: hot reload, how many stay loaded for rollback and pins.
     #[serde(default)]
     pub versions: VersionsConfig,
+    /// An A/B experiment on live traffic (none by default).
+    #[serde(default)]
+    pub experiment: Option<ExperimentConfig>,
+}
+
+/// An experiment (`[experiment]` with `[[experiment.arms]]`): each user is assigned to one arm
+/// by a salted hash of their id, so a user stays in their arm across requests and restarts.
+/// Served arms' shares sum to 1; a `shadow` arm is computed beside the served one for a sampled
+/// `share` of requests, off the critical path, and only compared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    pub name: String,
+    /// Mixed into the assignment hash; a new salt reshuffles users (default: the name).
+    #[serde(default)]
+    pub salt: Option<String>,
+    pub arms: Vec<ArmConfig>,
+}
+
+/// One arm: what it changes against the server's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArmConfig {
+    pub name: String,
+    /// Share of users (served arms, summing to 1), or of requests sampled (shadow arms).
+    pub share: f64,
+    #[serde(default)]
+    pub shadow: bool,
+    /// Serve this published bundle version (loaded at start and kept loaded) instead of the
+    /// served one.
+    #[serde(default)]
+    pub bundle_version: Option<String>,
+    /// The ensemble override of this arm (a request's own `ranking` takes precedence).
+    #[serde(default)]
+    pub ranking: Option<crate::api::RankingOverride>,
+}
+
+impl ExperimentConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let ok_name = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 64
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        if !ok_name(&self.name) {
+            return Err("experiment.name must be 1..=64 characters of [A-Za-z0-9._-]".into());
+        }
+        if self.arms.is_empty() || self.arms.len() > 16 {
+            return Err("experiment.arms must list 1..=16 arms".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut served = 0.0;
+        for a in &self.arms {
+            if !ok_name(&a.name) {
+                return Err(format!(
+                    "experiment arm {:?}: the name must be 1..=64 characters of [A-Za-z0-9._-]",
+                    a.name
+                ));
+            }
+            if !names.insert(a.name.as_str()) {
+                return Err(format!("experiment arm {:?} is listed twice", a.name));
+            }
+            if !(a.share > 0.0 && a.share <= 1.0) {
+                return Err(format!(
+                    "experiment arm {:?}: share must be within (0, 1]",
+                    a.name
+                ));
+            }
+            if !a.shadow {
+                served += a.share;
+            }
+            if let Some(v) = &a.bundle_version {
+                if v.is_empty() || v.starts_with('.') || v.contains('/') || v.len() > 200 {
+                    return Err(format!(
+                        "experiment arm {:?}: bundle_version {v:?} is not a version name",
+                        a.name
+                    ));
+                }
+            }
+        }
+        if (served - 1.0).abs() > 1e-6 {
+            return Err(format!(
+                "experiment {:?}: the shares of the served (non-shadow) arms must sum to 1, not {served}",
+                self.name
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Bundle versions at run time (`[versions]`): the server follows the bundle root's `CURRENT`
@@ -716,6 +805,9 @@ impl EngineConfig {
         self.monitor.validate()?;
         self.admission.validate()?;
         self.versions.validate()?;
+        if let Some(e) = &self.experiment {
+            e.validate()?;
+        }
         self.rerank.validate()
     }
 }

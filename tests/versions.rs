@@ -403,3 +403,50 @@ async fn admin_needs_its_token() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiment_arm_serves_its_own_version() {
+    let (_, a, b) = two_versions();
+    let root = root_copy(&[a, b], b);
+    let mut c = cfg(0, true);
+    c.versions.keep_loaded = 1;
+    c.experiment = Some(funnel::config::ExperimentConfig {
+        name: "versions".into(),
+        salt: None,
+        arms: vec![
+            funnel::config::ArmConfig {
+                name: "yesterday".into(),
+                share: 0.5,
+                shadow: false,
+                bundle_version: Some(a.clone()),
+                ranking: None,
+            },
+            funnel::config::ArmConfig {
+                name: "today".into(),
+                share: 0.5,
+                shadow: false,
+                bundle_version: None,
+                ranking: None,
+            },
+        ],
+    });
+    let s = TestServer::start_root(&root, c).await;
+    for u in users(&s) {
+        let (st, v) = s.recommend(json!({"user_id": u})).await;
+        assert_eq!(st, 200, "{v}");
+        let want = match v["experiment"]["arm"].as_str() {
+            Some("yesterday") => a,
+            Some("today") => b,
+            other => panic!("arm {other:?}"),
+        };
+        assert_eq!(v["bundle_version"], want.as_str(), "{v}");
+    }
+    // Held by the arm: loaded beside the served one although keep_loaded is 1.
+    let (_, r) = s.get("/readyz").await;
+    assert_eq!(
+        r["versions"]["loaded"].as_array().map(|l| l.len()),
+        Some(2),
+        "{r}"
+    );
+    s.stop().await;
+}

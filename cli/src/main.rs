@@ -3,6 +3,7 @@
 //! * `demo` builds a bundle from synthetic data (or MovieLens files) and serves it.
 //! * `inspect` reports what a bundle holds.
 //! * `versions` lists a bundle root's published versions with their evaluation figures.
+//! * `experiments report` counts each experiment arm's impressions and clicks in the event log.
 
 /// `println!` that ignores a closed stdout (see `say`).
 macro_rules! out {
@@ -95,6 +96,12 @@ enum Cmd {
         #[arg(long, default_value_t = 200_000)]
         interactions: usize,
     },
+    /// Experiments: `report` reads the durable event log and prints each arm's impressions,
+    /// clicks and click-through rate with its 95 % interval.
+    Experiments {
+        #[command(subcommand)]
+        cmd: ExperimentsCmd,
+    },
     /// List the published versions of a bundle root (oldest first) with their build's metrics.
     Versions {
         #[arg(long, default_value = "artifacts/bundle")]
@@ -115,13 +122,31 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum ExperimentsCmd {
+    /// Per-arm results from the event log (they survive restarts).
+    Report {
+        /// The server's event log directory (`events.log_dir`).
+        #[arg(long)]
+        events: PathBuf,
+        /// The server config with the `[experiment]`: events logged without an arm are then
+        /// assigned by user id, and only that experiment's arms are listed.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The server must outlive clients that close early: only the printing commands take the
     // default SIGPIPE action.
     let sigpipe = match cli.cmd {
         Cmd::Serve { .. } | Cmd::Demo { .. } => funnel::cli::SigPipe::Ignore,
-        Cmd::Inspect { .. } | Cmd::Versions { .. } => funnel::cli::SigPipe::Default,
+        Cmd::Inspect { .. } | Cmd::Versions { .. } | Cmd::Experiments { .. } => {
+            funnel::cli::SigPipe::Default
+        }
     };
     funnel::cli::init(sigpipe, cli.log_format, cli.log_spans);
     funnel::cli::finish(run(cli))
@@ -134,6 +159,14 @@ fn registry(dir: Option<&Path>) -> Result<FeatureRegistry> {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Versions { bundle, json } => versions(&bundle, json),
+        Cmd::Experiments {
+            cmd:
+                ExperimentsCmd::Report {
+                    events,
+                    config,
+                    json,
+                },
+        } => experiments_report(&events, config.as_deref(), json),
         Cmd::Inspect {
             bundle,
             user,
@@ -322,6 +355,63 @@ fn serve(
         .with_context(|| format!("serving on {addr}"))?;
         Ok(())
     })
+}
+
+/// `funnel experiments report`.
+fn experiments_report(events: &Path, config: Option<&Path>, json: bool) -> Result<ExitCode> {
+    let cfg = match config {
+        Some(p) => {
+            let c = EngineConfig::load(p).map_err(anyhow::Error::msg)?;
+            match c.experiment {
+                Some(e) => Some(e),
+                None => bail!("{}: no [experiment] in this config", p.display()),
+            }
+        }
+        None => None,
+    };
+    let arms = funnel::engine::experiments::report_from_log(events, cfg.as_ref())
+        .with_context(|| format!("reading the event log in {}", events.display()))?;
+    if json {
+        out!("{}", serde_json::to_string_pretty(&arms)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if arms.is_empty() {
+        out!(
+            "no events attributed to an experiment arm in {}{}",
+            events.display(),
+            if cfg.is_none() {
+                " (pass --config to assign events logged without an arm)"
+            } else {
+                ""
+            }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    out!(
+        "{:<32} {:>7} {:>11} {:>8} {:>8}  {:<17} {:>9}",
+        "experiment/arm",
+        "users",
+        "impressions",
+        "clicks",
+        "CTR",
+        "95% CI",
+        "recorded"
+    );
+    for a in &arms {
+        out!(
+            "{:<32} {:>7} {:>11} {:>8} {:>8.4}  [{:.4}, {:.4}] {:>9}",
+            a.label,
+            a.users,
+            a.impressions,
+            a.clicks,
+            a.ctr,
+            a.ctr_ci95[0],
+            a.ctr_ci95[1],
+            a.recorded
+        );
+    }
+    out!("recorded = events whose arm the server logged (the rest assigned by user id from --config)");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `funnel versions`: the published versions of a bundle root.

@@ -207,6 +207,7 @@ pub fn evaluate_served(
                 explain: v == 0,
                 ranking: ranking.clone(),
                 deadline_ms: None,
+                arm: None,
             }
             .validate(&engine.config().server)
             .map_err(|e| e.message)?;

@@ -19,6 +19,8 @@ fn the_builder_reads_the_event_log_directory() {
             timestamp: 1_700_000_000 + i as i64,
             weight: 1.0,
             event_id: Some(format!("evt-{i}")),
+            request_id: None,
+            arm: None,
         })
         .collect();
     {
@@ -80,6 +82,8 @@ fn a_bundle_builds_from_a_log_with_a_torn_tail() {
             timestamp: r.timestamp,
             weight: r.weight.unwrap_or(1.0),
             event_id: Some(format!("e{i}")),
+            request_id: None,
+            arm: None,
         })
         .collect();
     {

@@ -98,6 +98,8 @@ struct State {
     pinned: Option<String>,
     /// `CURRENT`'s content the poller last acted on.
     seen_current: Option<String>,
+    /// Versions experiment arms serve: loaded at start and never evicted.
+    held: Vec<String>,
     swaps: u64,
     refused: u64,
     last: Option<ChangeRecord>,
@@ -206,6 +208,7 @@ impl Deployment {
                 loaded: vec![engine],
                 pinned: None,
                 seen_current,
+                held: Vec::new(),
                 swaps: 0,
                 refused: 0,
                 last: None,
@@ -227,6 +230,51 @@ impl Deployment {
 
     pub fn root(&self) -> Option<&Path> {
         self.root.as_deref()
+    }
+
+    /// The loaded engine of `version`, if it is loaded.
+    pub fn loaded(&self, version: &str) -> Option<Arc<Engine>> {
+        self.lock()
+            .loaded
+            .iter()
+            .find(|e| e.bundle().manifest.version == version)
+            .cloned()
+    }
+
+    /// Loads `versions` (those experiment arms serve) beside the served one and keeps them
+    /// loaded for the server's life. A version that cannot be loaded is an error: an arm must
+    /// not silently serve another version.
+    pub async fn hold(&self, versions: &[String]) -> Result<(), DeployError> {
+        if versions.is_empty() {
+            return Ok(());
+        }
+        let root = self.root.clone().ok_or(DeployError::Fixed)?;
+        let _one = self.changing.lock().await;
+        for v in versions {
+            if self.loaded(v).is_none() {
+                if !valid_name(v) || !root.join(v).join(MANIFEST).is_file() {
+                    return Err(DeployError::NotFound(v.clone()));
+                }
+                let old = self.current();
+                let engine =
+                    self.load(&root, v, &old)
+                        .await
+                        .map_err(|reason| DeployError::Refused {
+                            version: v.clone(),
+                            reason,
+                        })?;
+                let mut s = self.lock();
+                // Before the served one: the served version stays last.
+                s.loaded.insert(0, engine);
+            }
+            let mut s = self.lock();
+            if !s.held.contains(v) {
+                s.held.push(v.clone());
+            }
+        }
+        let n = self.lock().loaded.len();
+        self.current().metrics().versions_loaded(n);
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -368,9 +416,17 @@ impl Deployment {
         s.loaded.push(engine);
         let keep = self.cfg.versions.keep_loaded.max(1);
         while s.loaded.len() > keep {
-            // The oldest first; the served one is last, never dropped. Its memory goes when the
-            // last request holding it ends.
-            s.loaded.remove(0);
+            // The oldest first; the served one is last, never dropped, and neither are the
+            // versions experiment arms hold. An engine's memory goes when the last request
+            // holding it ends.
+            let held = &s.held;
+            let Some(at) = s.loaded[..s.loaded.len() - 1]
+                .iter()
+                .position(|e| !held.contains(&e.bundle().manifest.version))
+            else {
+                break;
+            };
+            s.loaded.remove(at);
         }
         let result = if unchanged { "unchanged" } else { "swapped" };
         if !unchanged {

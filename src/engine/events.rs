@@ -81,7 +81,26 @@ impl Engine {
         let now = unix_now_f64();
         let catalog = &self.bundle.catalog;
         let known = |id: u64| catalog.idx(id).is_some();
-        let batch = parse_batch(body, self.cfg.events.max_batch, now as i64, &known)?;
+        let mut batch = parse_batch(body, self.cfg.events.max_batch, now as i64, &known)?;
+        // Each event counts for an experiment arm: the one that served its request_id, else
+        // the user's; the log records which.
+        let attributed: Vec<(usize, bool)> = match self.shared.experiment() {
+            Some(exp) => batch
+                .events
+                .iter_mut()
+                .map(|e| {
+                    let (arm, by_request) =
+                        exp.attribute(e.request_id.as_deref(), &e.user_id.to_string());
+                    e.arm = Some(exp.label(arm));
+                    (arm, by_request)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let types: Vec<String> = match attributed.is_empty() {
+            true => Vec::new(),
+            false => batch.events.iter().map(|e| e.event_type.clone()).collect(),
+        };
         // What the streaming features need, taken before the events move into the log writer.
         let candidates: Vec<StreamEvent> = batch
             .events
@@ -109,6 +128,13 @@ impl Engine {
             .filter(|(_, new)| **new)
             .map(|(e, _)| e)
             .collect();
+        if let Some(exp) = self.shared.experiment() {
+            for (((arm, by_request), t), new) in attributed.iter().zip(&types).zip(&fresh) {
+                if *new {
+                    exp.record_event(*arm, t, *by_request);
+                }
+            }
+        }
         let accepted = stream.len();
         let features_updated = self.apply_streams(&stream, now).await;
         self.shared

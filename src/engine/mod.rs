@@ -4,6 +4,7 @@
 
 pub mod deploy;
 mod events;
+pub mod experiments;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -93,6 +94,8 @@ pub struct Shared {
     ingestor: Option<Ingestor>,
     /// What `/metrics` exports; the pipeline and ingestion record into it.
     metrics: Arc<Metrics>,
+    /// The running A/B experiment, if one is configured.
+    experiment: Option<Arc<experiments::Experiment>>,
 }
 
 impl Shared {
@@ -126,7 +129,14 @@ impl Shared {
             ingestor.as_ref().map(|i| i.stats.commit_seconds.clone()),
             cfg.monitor.metrics,
         ));
+        // Shadow runs take at most half the CPU pool's threads.
+        let shadow_slots = (cfg.server.cpu_pool_threads() / 2).max(1);
+        let experiment = cfg
+            .experiment
+            .clone()
+            .map(|e| Arc::new(experiments::Experiment::new(e, shadow_slots)));
         Ok(Arc::new(Shared {
+            experiment,
             redis_store: redis,
             redis_breaker: Arc::new(Breaker::new("redis", cfg.breaker)),
             events_breaker: Breaker::new("redis.events", cfg.breaker),
@@ -138,6 +148,10 @@ impl Shared {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    pub fn experiment(&self) -> Option<&Arc<experiments::Experiment>> {
+        self.experiment.as_ref()
     }
 }
 
@@ -420,6 +434,9 @@ impl Engine {
             .map(|b| (b.name().to_string(), b.state_name()))
             .collect();
         let (skew, rows) = self.skew.gauges();
+        if let Some(exp) = &self.shared.experiment {
+            self.shared.metrics.set_arms(&exp.metric_figures());
+        }
         self.shared.metrics.render(&breakers, &skew, rows)
     }
 

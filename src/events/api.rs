@@ -57,6 +57,11 @@ pub struct Event {
     #[serde(default)]
     #[schema(min_length = 1, max_length = 128)]
     event_id: Option<String>,
+    /// The `request_id` of the recommendation this event answers (an impression or a click
+    /// on what it showed): the event counts for the experiment arm that served it.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
+    request_id: Option<String>,
 }
 
 /// Why one event of a batch was refused.
@@ -185,6 +190,11 @@ fn validate(v: serde_json::Value, now: i64) -> Result<LoggedEvent, String> {
             ))
         }
     };
+    let request_id = match raw.request_id {
+        None => None,
+        Some(id) if !id.is_empty() && id.len() <= 128 => Some(id),
+        Some(id) => return Err(format!("request_id: {} bytes; use 1..=128", id.len())),
+    };
     Ok(LoggedEvent {
         user_id,
         item_id,
@@ -192,6 +202,8 @@ fn validate(v: serde_json::Value, now: i64) -> Result<LoggedEvent, String> {
         timestamp,
         weight,
         event_id,
+        request_id,
+        arm: None,
     })
 }
 

@@ -320,6 +320,8 @@ mod tests {
             timestamp: 1_700_000_000,
             weight: 1.0,
             event_id: id.map(str::to_owned),
+            request_id: None,
+            arm: None,
         }
     }
 

@@ -30,6 +30,10 @@ pub struct LoggedEvent {
     pub timestamp: i64,
     pub weight: f32,
     pub event_id: Option<String>,
+    /// The recommendation the event answers (`request_id` of the response), when sent.
+    pub request_id: Option<String>,
+    /// `experiment/arm` the event counted for, when an experiment ran.
+    pub arm: Option<String>,
 }
 
 /// When appended bytes are forced to disk.
@@ -89,6 +93,9 @@ pub fn schema() -> SchemaRef {
         Field::new("timestamp", DataType::Int64, false),
         Field::new("weight", DataType::Float32, false),
         Field::new("event_id", DataType::Utf8, true),
+        // Added with experiments; segments written before have neither (read as null).
+        Field::new("request_id", DataType::Utf8, true),
+        Field::new("experiment_arm", DataType::Utf8, true),
     ]))
 }
 
@@ -111,6 +118,12 @@ fn to_batch(events: &[LoggedEvent]) -> Result<RecordBatch, arrow::error::ArrowEr
         )),
         Arc::new(StringArray::from_iter(
             events.iter().map(|e| e.event_id.as_deref()),
+        )),
+        Arc::new(StringArray::from_iter(
+            events.iter().map(|e| e.request_id.as_deref()),
+        )),
+        Arc::new(StringArray::from_iter(
+            events.iter().map(|e| e.arm.as_deref()),
         )),
     ];
     RecordBatch::try_new(schema(), cols)
@@ -442,6 +455,13 @@ pub fn read_segment(seg: &Path) -> Result<Vec<LoggedEvent>, EventLogError> {
         let ts = typed::<Int64Array>(&b, "timestamp", seg)?;
         let w = typed::<Float32Array>(&b, "weight", seg)?;
         let id = typed::<StringArray>(&b, "event_id", seg)?;
+        // Optional: older segments lack them.
+        let opt = |name: &str| typed::<StringArray>(&b, name, seg).ok();
+        let (rid, arm) = (opt("request_id"), opt("experiment_arm"));
+        let text = |c: Option<&StringArray>, r: usize| {
+            c.filter(|c| !arrow::array::Array::is_null(*c, r))
+                .map(|c| c.value(r).to_string())
+        };
         for r in 0..b.num_rows() {
             out.push(LoggedEvent {
                 user_id: u.value(r),
@@ -450,6 +470,8 @@ pub fn read_segment(seg: &Path) -> Result<Vec<LoggedEvent>, EventLogError> {
                 timestamp: ts.value(r),
                 weight: w.value(r),
                 event_id: (!arrow::array::Array::is_null(id, r)).then(|| id.value(r).to_string()),
+                request_id: text(rid, r),
+                arm: text(arm, r),
             });
         }
     }
@@ -468,6 +490,8 @@ mod tests {
             timestamp: 1_700_000_000 + i as i64,
             weight: 1.0,
             event_id: i.is_multiple_of(2).then(|| format!("e{i}")),
+            request_id: None,
+            arm: None,
         }
     }
 

@@ -108,6 +108,12 @@ struct VersionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ArmLabel {
+    experiment: String,
+    arm: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -131,6 +137,46 @@ pub struct SkewGauge {
     pub psi: f64,
     pub null_rate_diff: f64,
     pub alarm: bool,
+}
+
+/// The per-arm experiment figures `/metrics` exports (name, help), in [`ArmFigures`] order.
+const ARM_FIGURES: [(&str, &str); 8] = [
+    (
+        "experiment_requests",
+        "Requests served by the experiment arm since start",
+    ),
+    (
+        "experiment_latency_p99_seconds",
+        "p99 server time of the arm's recent requests (up to 4096)",
+    ),
+    (
+        "experiment_impressions",
+        "Impression events attributed to the arm since start",
+    ),
+    (
+        "experiment_clicks",
+        "Engagement events (positive-weight types) attributed to the arm since start",
+    ),
+    ("experiment_ctr", "clicks / impressions of the arm"),
+    (
+        "experiment_shadow_runs",
+        "Shadow runs of the arm (shadow arms only)",
+    ),
+    (
+        "experiment_shadow_dropped",
+        "Shadow runs sampled but dropped under load (shadow arms only)",
+    ),
+    (
+        "experiment_shadow_overlap",
+        "Mean overlap@k of the shadow arm's list with the served one",
+    ),
+];
+
+/// One arm's figures for [`Metrics::set_arms`], in [`ARM_FIGURES`] order.
+pub struct ArmFigures {
+    pub experiment: String,
+    pub arm: String,
+    pub values: [f64; ARM_FIGURES.len()],
 }
 
 /// Every metric the engine exports.
@@ -160,6 +206,8 @@ pub struct Metrics {
     admission_shed_latency: Histogram,
     bundle_reloads: Family<ResultLabel, Counter>,
     bundle_loaded: Gauge,
+    /// Per experiment arm, set from the experiment's own counters at each scrape.
+    arm_figures: [Family<ArmLabel, FloatGauge>; ARM_FIGURES.len()],
     /// Off (`monitor.metrics = false`): every observe call returns at once.
     recording: bool,
 }
@@ -193,6 +241,7 @@ impl Metrics {
             admission_shed_latency: latency_histogram(),
             bundle_reloads: Family::default(),
             bundle_loaded: Gauge::default(),
+            arm_figures: Default::default(),
             registry: Registry::default(),
             recording,
         };
@@ -325,6 +374,9 @@ impl Metrics {
             "Bundle versions held in memory (the served one and those kept for rollback or pins)",
             m.bundle_loaded.clone(),
         );
+        for ((name, help), family) in ARM_FIGURES.iter().zip(&m.arm_figures) {
+            r.register(*name, *help, family.clone());
+        }
         m.bundle_info
             .get_or_create(&VersionLabel {
                 version: bundle_version.to_string(),
@@ -347,6 +399,24 @@ impl Metrics {
         self.skew_psi.clear();
         self.skew_null_diff.clear();
         self.skew_alarm.clear();
+    }
+
+    /// The experiment's per-arm figures, set before a scrape renders them.
+    pub fn set_arms(&self, arms: &[ArmFigures]) {
+        for a in arms {
+            let label = ArmLabel {
+                experiment: a.experiment.clone(),
+                arm: a.arm.clone(),
+            };
+            for (family, v) in self.arm_figures.iter().zip(a.values) {
+                family.get_or_create(&label).set(v);
+            }
+        }
+    }
+
+    /// Bundle versions held in memory now.
+    pub fn versions_loaded(&self, n: usize) {
+        self.bundle_loaded.set(n as i64);
     }
 
     /// One asked-for version change: `result` is swapped, unchanged or refused.

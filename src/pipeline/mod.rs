@@ -77,6 +77,27 @@ impl Pipeline {
         request_id: String,
         t0: Instant,
     ) -> Result<RecommendResponse, ApiError> {
+        self.run_recorded(req, request_id, t0, true).await
+    }
+
+    /// A shadow run (an experiment's shadow arm): the same funnel, but neither the metrics nor
+    /// the latency controller see it — it must not move what the served traffic is judged by.
+    pub async fn run_shadow(
+        &self,
+        req: ValidRequest,
+        request_id: String,
+    ) -> Result<RecommendResponse, ApiError> {
+        self.run_recorded(req, request_id, Instant::now(), false)
+            .await
+    }
+
+    async fn run_recorded(
+        &self,
+        req: ValidRequest,
+        request_id: String,
+        t0: Instant,
+        record: bool,
+    ) -> Result<RecommendResponse, ApiError> {
         let b = &self.bundle;
         let mut rep = Reports::default();
         let ctx = self.context.resolve(b, &req, t0)?;
@@ -196,15 +217,17 @@ impl Pipeline {
             rerank: rerank_ms,
             total: report::ms(t0.elapsed()),
         };
-        self.rank.observe_total(timings.total);
-        self.metrics.observe_run(&RunSummary {
-            stages: &rep.stages,
-            total_ms: timings.total,
-            source_ms: &timings.sources,
-            per_source: &explain.per_source,
-            degradation: level,
-            ensemble: explain.ensemble.as_ref(),
-        });
+        if record {
+            self.rank.observe_total(timings.total);
+            self.metrics.observe_run(&RunSummary {
+                stages: &rep.stages,
+                total_ms: timings.total,
+                source_ms: &timings.sources,
+                per_source: &explain.per_source,
+                degradation: level,
+                ensemble: explain.ensemble.as_ref(),
+            });
+        }
         // Info, not warn: under overload every request would say it.
         if Instant::now() > ctx.deadline {
             tracing::info!(
@@ -221,6 +244,7 @@ impl Pipeline {
             items,
             timings_ms: timings,
             explain: ctx.explain.then_some(explain),
+            experiment: None,
         })
     }
 

@@ -1,4 +1,5 @@
-//! `/admin/*`: bundle versions at run time — list, reload (follow `CURRENT`), roll back, pin.
+//! `/admin/*`: bundle versions at run time — list, reload (follow `CURRENT`), roll back, pin —
+//! and the running experiment's per-arm results.
 //! Every route needs `Authorization: Bearer <token>` from `[auth] admin_tokens` (or
 //! `FUNNEL_ADMIN_TOKENS`), compared in constant time ([`super::auth`]); with no token
 //! configured the routes do not exist (404), so an unconfigured server exposes nothing.
@@ -180,4 +181,30 @@ pub(super) async fn pin(State(s): State<AppState>, req: Request<Body>) -> Respon
         }
     };
     outcome(s.deploy.pin(&req.version).await)
+}
+
+/// The running experiment's per-arm results since the server started: requests, latency,
+/// degradation mix, impressions, clicks, CTR with its 95 % interval, shadow comparisons.
+#[utoipa::path(get, path = "/admin/experiments", tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Per-arm results",
+            body = crate::engine::experiments::ExperimentReport),
+        (status = 401, description = "Admin token missing or wrong", body = crate::api::ApiErrorBody),
+        (status = 404, description = "Admin routes are off, or no experiment is configured \
+            (`no_experiment`)", body = crate::api::ApiErrorBody),
+    ),
+)]
+pub(super) async fn experiments(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(e) = gate(&s, &headers) {
+        return e.into_response();
+    }
+    match s.engine().shared().experiment() {
+        Some(exp) => Json(exp.report()).into_response(),
+        None => ApiError::new(
+            ErrorCode::NoExperiment,
+            "no experiment is configured ([experiment] in the config)",
+        )
+        .into_response(),
+    }
 }

@@ -112,6 +112,11 @@ impl Admission {
         self.limit
     }
 
+    /// Every slot taken or someone waiting: optional work (shadow runs) should stand aside.
+    pub fn busy(&self) -> bool {
+        self.queued.load(Ordering::Acquire) > 0 || self.slots.available_permits() == 0
+    }
+
     /// A slot now, or after a bounded wait in the queue, or the reason there is none.
     pub async fn admit(&self) -> Result<Ticket<'_>, Shed> {
         let ticket = |p| {

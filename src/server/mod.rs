@@ -76,6 +76,8 @@ struct AppState {
     events_keys: Arc<KeySet>,
     admin_tokens: Arc<KeySet>,
     body_timeout: Duration,
+    /// To let shadow runs stand aside while requests wait.
+    admission: Option<Arc<admission::Admission>>,
 }
 
 impl AppState {
@@ -94,15 +96,6 @@ pub fn router(engine: Arc<Engine>) -> Router {
 pub fn router_for(deploy: Arc<Deployment>) -> Router {
     let engine = deploy.current();
     let cfg = engine.config();
-    let state = AppState {
-        recommend_keys: Arc::new(KeySet::new(&cfg.auth.recommend_keys)),
-        events_keys: Arc::new(KeySet::new(&cfg.auth.events_keys)),
-        admin_tokens: Arc::new(KeySet::new(&cfg.auth.admin_tokens)),
-        body_timeout: Duration::from_millis(cfg.server.body_timeout_ms),
-        deploy,
-        next_id: Arc::new(AtomicU64::new(1)),
-        id_prefix: format!("{:08x}", rand::random::<u32>()).into(),
-    };
     let admission = cfg.admission.enabled.then(|| {
         let adm = Arc::new(admission::Admission::new(
             &cfg.admission,
@@ -117,6 +110,16 @@ pub fn router_for(deploy: Arc<Deployment>) -> Router {
         );
         adm
     });
+    let state = AppState {
+        recommend_keys: Arc::new(KeySet::new(&cfg.auth.recommend_keys)),
+        events_keys: Arc::new(KeySet::new(&cfg.auth.events_keys)),
+        admin_tokens: Arc::new(KeySet::new(&cfg.auth.admin_tokens)),
+        body_timeout: Duration::from_millis(cfg.server.body_timeout_ms),
+        deploy,
+        next_id: Arc::new(AtomicU64::new(1)),
+        id_prefix: format!("{:08x}", rand::random::<u32>()).into(),
+        admission: admission.clone(),
+    };
     let admit = axum::middleware::from_fn_with_state(admission, admission::admit);
     Router::new()
         .route("/v1/recommend", post(recommend).layer(admit))
@@ -130,6 +133,7 @@ pub fn router_for(deploy: Arc<Deployment>) -> Router {
         .route("/admin/reload", post(admin::reload))
         .route("/admin/rollback", post(admin::rollback))
         .route("/admin/pin", post(admin::pin))
+        .route("/admin/experiments", get(admin::experiments))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
@@ -139,7 +143,7 @@ pub fn router_for(deploy: Arc<Deployment>) -> Router {
 /// The route label of a request: its matched route, one of a fixed set (an unmatched path is
 /// "other", so a scanner cannot grow the metrics without bound).
 fn route_label(path: Option<&MatchedPath>) -> &'static str {
-    const ROUTES: [&str; 11] = [
+    const ROUTES: [&str; 12] = [
         "/v1/recommend",
         "/v1/events",
         "/healthz",
@@ -151,6 +155,7 @@ fn route_label(path: Option<&MatchedPath>) -> &'static str {
         "/admin/reload",
         "/admin/rollback",
         "/admin/pin",
+        "/admin/experiments",
     ];
     path.and_then(|p| ROUTES.iter().find(|r| **r == p.as_str()).copied())
         .unwrap_or("other")
@@ -187,6 +192,25 @@ pub async fn serve_deployment(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let engine = deploy.current();
+    // Experiment arms that serve their own bundle version need it loaded before the first
+    // request.
+    if let Some(exp) = engine.shared().experiment() {
+        let versions: Vec<String> = exp
+            .config()
+            .arms
+            .iter()
+            .filter_map(|a| a.bundle_version.clone())
+            .collect();
+        deploy
+            .hold(&versions)
+            .await
+            .map_err(|e| std::io::Error::other(format!("experiment {}: {e}", exp.config().name)))?;
+        tracing::info!(
+            experiment = %exp.config().name,
+            arms = exp.config().arms.len(),
+            "experiment running"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     on_bound(listener.local_addr()?);
     let mut limits = conn::ConnLimits::from_config(&engine.config().server);
@@ -431,6 +455,33 @@ async fn recommend(State(s): State<AppState>, req: Request) -> Response {
                 s.next_id.fetch_add(1, Ordering::Relaxed)
             )
         });
+    // An experiment picks the arm (assigned by user, or forced by the request), which may
+    // serve another loaded bundle version and override the ensemble.
+    let experiment = engine.shared().experiment().cloned();
+    let (engine, req, assignment) = match &experiment {
+        None => (engine, req, None),
+        Some(exp) => {
+            let a = match exp.choose(&req.user_id.key(), req.arm.as_deref()) {
+                Ok(a) => a,
+                Err(m) => return ApiError::invalid(m).into_response(),
+            };
+            let arm = exp.arm(a.arm);
+            let engine = match &arm.bundle_version {
+                Some(v) => s.deploy.loaded(v).unwrap_or(engine),
+                None => engine,
+            };
+            let req = match &arm.ranking {
+                Some(r) => req.with_arm_ranking(r),
+                None => req,
+            };
+            (engine, req, Some(a))
+        }
+    };
+    // Shadow arms run on a copy of the request, after the answer (never before it).
+    let shadow_req = experiment
+        .as_ref()
+        .filter(|e| e.shadow_arms().next().is_some())
+        .map(|_| req.clone());
     // A spawned task turns a panic anywhere in the request path into a JoinError.
     let rid = request_id.clone();
     // Every log line of the request carries its id (the JSON log format prints span fields).
@@ -441,11 +492,21 @@ async fn recommend(State(s): State<AppState>, req: Request) -> Response {
         .extensions
         .get::<admission::Arrival>()
         .map_or_else(std::time::Instant::now, |a| a.0);
+    let served = engine.clone();
     let task = tokio::spawn(
-        async move { engine.recommend_since(req, rid, arrived).await }.instrument(span),
+        async move { served.recommend_since(req, rid, arrived).await }.instrument(span),
     );
     let mut resp = match task.await {
-        Ok(Ok(r)) => Json(r).into_response(),
+        Ok(Ok(mut r)) => {
+            if let (Some(exp), Some(a)) = (&experiment, assignment) {
+                exp.record_served(a.arm, &request_id, r.timings_ms.total, r.degradation);
+                r.experiment = Some(exp.tag(a));
+                if let Some(q) = shadow_req {
+                    spawn_shadows(&s, exp, engine, q, &r);
+                }
+            }
+            Json(r).into_response()
+        }
         Ok(Err(e)) => e.into_response(),
         Err(e) => {
             tracing::error!(request_id, error = %e, "request task failed");
@@ -456,6 +517,49 @@ async fn recommend(State(s): State<AppState>, req: Request) -> Response {
         resp.headers_mut().insert("x-request-id", v);
     }
     resp
+}
+
+/// Runs each shadow arm sampled for this request on its own task, after the served answer,
+/// and compares its list with the served one. Skipped (counted as dropped) while admission
+/// control has requests waiting or every shadow slot is busy: shadow work never competes with
+/// served requests for a queue place.
+fn spawn_shadows(
+    s: &AppState,
+    exp: &Arc<crate::engine::experiments::Experiment>,
+    served_by: Arc<Engine>,
+    req: crate::api::ValidRequest,
+    answer: &crate::api::RecommendResponse,
+) {
+    let served: Arc<Vec<u64>> = Arc::new(answer.items.iter().map(|i| i.item_id).collect());
+    for (i, arm) in exp.shadow_arms() {
+        if rand::random::<f64>() >= arm.share {
+            continue;
+        }
+        if s.admission.as_ref().is_some_and(|a| a.busy()) {
+            exp.record_shadow_dropped(i);
+            continue;
+        }
+        let Some(permit) = exp.try_shadow(i) else {
+            continue;
+        };
+        let engine = match &arm.bundle_version {
+            Some(v) => s.deploy.loaded(v).unwrap_or_else(|| served_by.clone()),
+            None => served_by.clone(),
+        };
+        let req = req.clone().for_shadow(arm.ranking.as_ref());
+        let rid = format!("{}~shadow-{}", answer.request_id, arm.name);
+        let (exp, served) = (exp.clone(), served.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let t = std::time::Instant::now();
+            let got = engine.pipeline().run_shadow(req, rid).await;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            let list: Option<Vec<u64>> = got
+                .ok()
+                .map(|r| r.items.iter().map(|i| i.item_id).collect());
+            exp.record_shadow(i, &served, list.as_deref(), ms);
+        });
+    }
 }
 
 /// A batch of interaction events: logged durably, then applied to the streaming features. A

@@ -62,7 +62,8 @@ pub const METHOD_NOT_ALLOWED_RESPONSE: &str = "MethodNotAllowed";
         super::admin::versions,
         super::admin::reload,
         super::admin::rollback,
-        super::admin::pin
+        super::admin::pin,
+        super::admin::experiments
     ),
     components(schemas(ApiErrorBody, ErrorCode)),
     modifiers(&ApiKeys, &HttpLayerErrors, &Descriptions),
@@ -71,8 +72,8 @@ pub const METHOD_NOT_ALLOWED_RESPONSE: &str = "MethodNotAllowed";
         (name = "events", description = "Interaction events"),
         (name = "health", description = "Liveness and readiness"),
         (name = "operations", description = "Metrics, dashboard and this document"),
-        (name = "admin", description = "Bundle versions: list, hot reload, rollback, pin \
-            (bearer token from `[auth] admin_tokens`; without one these routes answer 404)")
+        (name = "admin", description = "Bundle versions (list, hot reload, rollback, pin) and \
+            experiment results (bearer token from `[auth] admin_tokens`; without one these routes answer 404)")
     )
 )]
 pub struct ApiDoc;
