@@ -494,6 +494,6 @@ if [ "${warnings:-0}" != 0 ]; then
 fi
 log "results: $RESULTS_DIR/$RUN_NAME.* (summary JSON, table, server log, /readyz, /metrics, usage)"
 if [ "$RC" != 0 ]; then
-  log "FAILED: k6 exit $RC (99 = a threshold was broken)"
+  log "FAILED: exit $RC (99 = a k6 threshold was broken; 1 = k6 or, for reload, the swap verdict failed)"
 fi
 exit "$RC"

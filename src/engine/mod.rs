@@ -397,6 +397,24 @@ impl Engine {
         }))
     }
 
+    /// Fills this version's item-feature cache with the items `previous` has cached (its own
+    /// version's rows of them), before it serves: without it, the first second after a swap
+    /// sends every candidate's item features to Redis. Bounded by `limit`; returns the count.
+    pub async fn warm_items_from(&self, previous: &Engine, limit: Duration) -> usize {
+        let (Some(new), Some(old)) = (&self.redis, &previous.redis) else {
+            return 0;
+        };
+        let ids = old.cached_ids(self.cfg.features.item_cache_capacity as usize);
+        match tokio::time::timeout(limit, new.prefetch(&ids, 500)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "item cache warm-up stopped");
+                0
+            }
+            Err(_) => new.cached_items() as usize,
+        }
+    }
+
     /// The parts a reload builds the next version over.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared

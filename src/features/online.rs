@@ -194,4 +194,19 @@ impl RedisOnline {
     pub fn cached_items(&self) -> u64 {
         self.items.entry_count()
     }
+
+    /// Up to `limit` ids cached now: the hot set, to warm another version's cache with.
+    pub fn cached_ids(&self, limit: usize) -> Vec<u64> {
+        self.items.iter().take(limit).map(|(id, _)| *id).collect()
+    }
+
+    /// Reads `ids` into the cache, `chunk` per pipeline; returns how many it read.
+    pub async fn prefetch(&self, ids: &[u64], chunk: usize) -> Result<usize, FeatureError> {
+        let mut n = 0;
+        for c in ids.chunks(chunk.max(1)) {
+            self.items(c).await?;
+            n += c.len();
+        }
+        Ok(n)
+    }
 }
