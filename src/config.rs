@@ -82,6 +82,12 @@ pub struct ArmConfig {
     /// The ensemble override of this arm (a request's own `ranking` takes precedence).
     #[serde(default)]
     pub ranking: Option<crate::api::RankingOverride>,
+    /// The sources' quotas for this arm's requests (every source named; see `[retrieval.quotas]`).
+    #[serde(default)]
+    pub quotas: Option<SourceQuotas>,
+    /// The re-rank rules for this arm's requests (as `[rerank]`).
+    #[serde(default)]
+    pub rerank: Option<RerankConfig>,
 }
 
 impl ExperimentConfig {
@@ -118,6 +124,10 @@ impl ExperimentConfig {
             }
             if !a.shadow {
                 served += a.share;
+            }
+            if let Some(r) = &a.rerank {
+                r.validate()
+                    .map_err(|m| format!("experiment arm {:?}: {m}", a.name))?;
             }
             if let Some(v) = &a.bundle_version {
                 if v.is_empty() || v.starts_with('.') || v.contains('/') || v.len() > 200 {

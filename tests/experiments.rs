@@ -26,6 +26,8 @@ fn arm(name: &str, share: f64, shadow: bool, strategy: Option<Strategy>) -> ArmC
             strategy: Some(s),
             ..RankingOverride::default()
         }),
+        quotas: None,
+        rerank: None,
     }
 }
 
@@ -290,5 +292,60 @@ async fn experiment_config_is_checked() {
     assert_eq!(v["code"], "no_experiment");
     let (_, v) = s.recommend(json!({"user_id": 1})).await;
     assert!(v.get("experiment").is_none(), "{v}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm_quotas_change_retrieval_for_its_requests_only() {
+    let mut narrow = arm("trending-only", 0.5, false, None);
+    narrow.quotas = Some(funnel::sources::SourceQuotas {
+        ann: 0,
+        cf: 0,
+        content: 0,
+        trending: 50,
+    });
+    let s = TestServer::start(
+        shared_bundle(),
+        cfg(vec![arm("control", 0.5, false, None), narrow]),
+        None,
+    )
+    .await;
+    let user = s
+        .engine
+        .bundle()
+        .batch_recs
+        .keys()
+        .min()
+        .copied()
+        .expect("a user");
+    let per_source = |v: &Value, src: &str| v["explain"]["per_source"][src].as_u64().unwrap_or(0);
+    let (st, c) = s
+        .recommend(json!({"user_id": user, "explain": true, "arm": "control"}))
+        .await;
+    assert_eq!(st, 200, "{c}");
+    let (st, t) = s
+        .recommend(json!({"user_id": user, "explain": true, "arm": "trending-only"}))
+        .await;
+    assert_eq!(st, 200, "{t}");
+    assert!(
+        per_source(&c, "ann") > 0 && per_source(&c, "cf") > 0,
+        "{}",
+        c["explain"]
+    );
+    assert_eq!(
+        (
+            per_source(&t, "ann"),
+            per_source(&t, "cf"),
+            per_source(&t, "content")
+        ),
+        (0, 0, 0),
+        "{}",
+        t["explain"]
+    );
+    assert!(
+        per_source(&t, "trending") > 0 && per_source(&t, "trending") <= 50,
+        "{}",
+        t["explain"]
+    );
     s.stop().await;
 }

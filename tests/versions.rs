@@ -420,6 +420,8 @@ async fn experiment_arm_serves_its_own_version() {
                 shadow: false,
                 bundle_version: Some(a.clone()),
                 ranking: None,
+                quotas: None,
+                rerank: None,
             },
             funnel::config::ArmConfig {
                 name: "today".into(),
@@ -427,6 +429,8 @@ async fn experiment_arm_serves_its_own_version() {
                 shadow: false,
                 bundle_version: None,
                 ranking: None,
+                quotas: None,
+                rerank: None,
             },
         ],
     });

@@ -98,6 +98,8 @@ pub struct Assignment {
 /// The running experiment. One per server; it outlives bundle versions.
 pub struct Experiment {
     cfg: ExperimentConfig,
+    /// Per arm, its changes to the stages (None: it changes none).
+    plans: Vec<Option<crate::pipeline::ArmPlan>>,
     stats: Vec<ArmStats>,
     exposures: moka::sync::Cache<String, u16>,
     /// Shadow runs at once; a shadow run that finds none free is dropped (counted).
@@ -212,7 +214,21 @@ impl Experiment {
     /// `shadow_slots`: shadow runs allowed at once.
     pub fn new(cfg: ExperimentConfig, shadow_slots: usize) -> Self {
         let stats = cfg.arms.iter().map(|_| ArmStats::default()).collect();
+        let plans = cfg
+            .arms
+            .iter()
+            .map(|a| {
+                (a.quotas.is_some() || a.rerank.is_some()).then(|| crate::pipeline::ArmPlan {
+                    quotas: a.quotas.clone(),
+                    rerank: a
+                        .rerank
+                        .as_ref()
+                        .map(crate::pipeline::rerank::RerankStage::new),
+                })
+            })
+            .collect();
         Self {
+            plans,
             cfg,
             stats,
             exposures: moka::sync::Cache::builder()
@@ -229,6 +245,11 @@ impl Experiment {
 
     pub fn arm(&self, i: usize) -> &ArmConfig {
         &self.cfg.arms[i]
+    }
+
+    /// Arm `i`'s changes to the stages, if it makes any.
+    pub fn plan(&self, i: usize) -> Option<&crate::pipeline::ArmPlan> {
+        self.plans[i].as_ref()
     }
 
     /// The arm serving `user`: the forced one when the request names a served arm, else the
@@ -546,6 +567,8 @@ mod tests {
                     shadow: false,
                     bundle_version: None,
                     ranking: None,
+                    quotas: None,
+                    rerank: None,
                 })
                 .collect(),
         }

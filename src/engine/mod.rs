@@ -497,6 +497,17 @@ impl Engine {
         self.pipeline.run_since(req, request_id, arrived).await
     }
 
+    /// [`Self::recommend_since`] for an experiment arm: its changes to the stages.
+    pub async fn recommend_arm(
+        &self,
+        req: ValidRequest,
+        request_id: String,
+        arrived: std::time::Instant,
+        plan: Option<&crate::pipeline::ArmPlan>,
+    ) -> Result<RecommendResponse, ApiError> {
+        self.pipeline.run_arm(req, request_id, arrived, plan).await
+    }
+
     /// The state of each dependency, for `/readyz`.
     pub async fn readiness(&self) -> Readiness {
         let mut components = BTreeMap::new();

@@ -42,6 +42,14 @@ use self::report::Reports;
 use self::rerank::RerankStage;
 use self::retrieval::{Phase, SourceSet};
 
+/// What an experiment arm changes in the stages for its requests: the sources' quotas and the
+/// re-rank rules (its ensemble override travels in the request's `ranking`).
+#[derive(Default)]
+pub struct ArmPlan {
+    pub quotas: Option<crate::sources::SourceQuotas>,
+    pub rerank: Option<RerankStage>,
+}
+
 /// The stages, wired to one bundle.
 pub struct Pipeline {
     pub bundle: Arc<Bundle>,
@@ -77,7 +85,18 @@ impl Pipeline {
         request_id: String,
         t0: Instant,
     ) -> Result<RecommendResponse, ApiError> {
-        self.run_recorded(req, request_id, t0, true).await
+        self.run_recorded(req, request_id, t0, true, None).await
+    }
+
+    /// [`Self::run_since`] with an experiment arm's changes to the stages.
+    pub async fn run_arm(
+        &self,
+        req: ValidRequest,
+        request_id: String,
+        t0: Instant,
+        plan: Option<&ArmPlan>,
+    ) -> Result<RecommendResponse, ApiError> {
+        self.run_recorded(req, request_id, t0, true, plan).await
     }
 
     /// A shadow run (an experiment's shadow arm): the same funnel, but neither the metrics nor
@@ -86,8 +105,9 @@ impl Pipeline {
         &self,
         req: ValidRequest,
         request_id: String,
+        plan: Option<&ArmPlan>,
     ) -> Result<RecommendResponse, ApiError> {
-        self.run_recorded(req, request_id, Instant::now(), false)
+        self.run_recorded(req, request_id, Instant::now(), false, plan)
             .await
     }
 
@@ -97,16 +117,19 @@ impl Pipeline {
         request_id: String,
         t0: Instant,
         record: bool,
+        plan: Option<&ArmPlan>,
     ) -> Result<RecommendResponse, ApiError> {
         let b = &self.bundle;
+        let quotas = plan.and_then(|p| p.quotas.as_ref());
+        let rerank = plan.and_then(|p| p.rerank.as_ref()).unwrap_or(&self.rerank);
         let mut rep = Reports::default();
         let ctx = self.context.resolve(b, &req, t0)?;
 
         // User features ∥ retrieval: what needs no user is launched before the fetch.
         let t_sources = Instant::now();
-        let mut jobs = self
-            .retrieval
-            .launch(Phase::WithoutUser, b, &self.query(&ctx, None));
+        let mut jobs =
+            self.retrieval
+                .launch_with(Phase::WithoutUser, b, &self.query(&ctx, None), quotas);
         let t = Instant::now();
         let user = self
             .features
@@ -116,7 +139,7 @@ impl Pipeline {
         let found = usize::from(user.features.is_some());
         let features_ms = rep.stage("features", t, usize::from(ctx.user_id.is_some()), found);
         let q = self.query(&ctx, user.features.as_ref());
-        jobs.extend(self.retrieval.launch(Phase::WithUser, b, &q));
+        jobs.extend(self.retrieval.launch_with(Phase::WithUser, b, &q, quotas));
         let launched = jobs.len();
         let got = self
             .retrieval
@@ -200,9 +223,7 @@ impl Pipeline {
 
         let t = Instant::now();
         let (c, o) = (&cands.list, &cands.origins);
-        let list = self
-            .rerank
-            .run(b, c, o, &scores, &overrides, &q, ctx.now, ctx.k);
+        let list = rerank.run(b, c, o, &scores, &overrides, &q, ctx.now, ctx.k);
         let rerank_ms = rep.stage("rerank", t, c.len(), list.len());
         let (t, n_list) = (Instant::now(), list.len());
         let items = response::items(&b.catalog, list, c, &confidence, &model_scores, ctx.explain);

@@ -134,6 +134,17 @@ impl SourceSet {
     /// Starts the phase's slots on the pool. A slot without a source, or whose breaker is open,
     /// is not called.
     pub fn launch(&self, phase: Phase, bundle: &Arc<Bundle>, q: &Arc<QueryState>) -> Vec<Launched> {
+        self.launch_with(phase, bundle, q, None)
+    }
+
+    /// [`Self::launch`] with other quotas than the configured ones (an experiment arm's).
+    pub fn launch_with(
+        &self,
+        phase: Phase,
+        bundle: &Arc<Bundle>,
+        q: &Arc<QueryState>,
+        quotas: Option<&crate::sources::SourceQuotas>,
+    ) -> Vec<Launched> {
         let mut out = Vec::new();
         for (at, slot) in self.slots.iter().enumerate() {
             if slot.needs_user() != (phase == Phase::WithUser) {
@@ -144,8 +155,8 @@ impl SourceSet {
                 (None, _) | (_, None) => Err("unavailable"),
                 (Some(_), _) if !slot.breaker.allow() => Err("circuit open"),
                 (Some(src), Some(pool)) => {
-                    let (src, q, bundle, quota) =
-                        (src.clone(), q.clone(), bundle.clone(), slot.quota);
+                    let quota = quotas.map_or(slot.quota, |qs| qs.get(slot.id));
+                    let (src, q, bundle) = (src.clone(), q.clone(), bundle.clone());
                     Ok(run_cpu(pool, move || {
                         let allow = |i| q.allows(&bundle, i);
                         let got = src.retrieve(&q.retrieval(&allow), quota);

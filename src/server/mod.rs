@@ -493,8 +493,13 @@ async fn recommend(State(s): State<AppState>, req: Request) -> Response {
         .get::<admission::Arrival>()
         .map_or_else(std::time::Instant::now, |a| a.0);
     let served = engine.clone();
+    let arm_of = experiment.clone().zip(assignment.map(|a| a.arm));
     let task = tokio::spawn(
-        async move { served.recommend_since(req, rid, arrived).await }.instrument(span),
+        async move {
+            let plan = arm_of.as_ref().and_then(|(e, i)| e.plan(*i));
+            served.recommend_arm(req, rid, arrived, plan).await
+        }
+        .instrument(span),
     );
     let mut resp = match task.await {
         Ok(Ok(mut r)) => {
@@ -552,7 +557,7 @@ fn spawn_shadows(
         tokio::spawn(async move {
             let _permit = permit;
             let t = std::time::Instant::now();
-            let got = engine.pipeline().run_shadow(req, rid).await;
+            let got = engine.pipeline().run_shadow(req, rid, exp.plan(i)).await;
             let ms = t.elapsed().as_secs_f64() * 1e3;
             let list: Option<Vec<u64>> = got
                 .ok()
