@@ -130,7 +130,7 @@ impl ExperimentConfig {
                     .map_err(|m| format!("experiment arm {:?}: {m}", a.name))?;
             }
             if let Some(v) = &a.bundle_version {
-                if v.is_empty() || v.starts_with('.') || v.contains('/') || v.len() > 200 {
+                if !crate::bundle::is_version_name(v) {
                     return Err(format!(
                         "experiment arm {:?}: bundle_version {v:?} is not a version name",
                         a.name

@@ -42,15 +42,21 @@ fn cfg(arms: Vec<ArmConfig>) -> funnel::config::EngineConfig {
     c
 }
 
-async fn report(s: &TestServer) -> Value {
+/// GET /admin/experiments with the token: (status, body).
+async fn get_report(s: &TestServer) -> (u16, Value) {
     let r = reqwest::Client::new()
         .get(s.url("/admin/experiments"))
         .bearer_auth(TOKEN)
         .send()
         .await
         .expect("send");
-    assert_eq!(r.status().as_u16(), 200);
-    r.json().await.expect("json")
+    (r.status().as_u16(), r.json().await.expect("json"))
+}
+
+async fn report(s: &TestServer) -> Value {
+    let (status, v) = get_report(s).await;
+    assert_eq!(status, 200);
+    v
 }
 
 fn arm_of<'a>(rep: &'a Value, name: &str) -> &'a Value {
@@ -281,14 +287,8 @@ async fn experiment_config_is_checked() {
     let mut c = test_config();
     c.auth.admin_tokens = vec![TOKEN.into()];
     let s = TestServer::start(shared_bundle(), c, None).await;
-    let r = reqwest::Client::new()
-        .get(s.url("/admin/experiments"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(r.status().as_u16(), 404);
-    let v: Value = r.json().await.expect("json");
+    let (status, v) = get_report(&s).await;
+    assert_eq!(status, 404);
     assert_eq!(v["code"], "no_experiment");
     let (_, v) = s.recommend(json!({"user_id": 1})).await;
     assert!(v.get("experiment").is_none(), "{v}");

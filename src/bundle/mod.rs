@@ -44,6 +44,30 @@ impl BundleError {
     }
 }
 
+/// The published versions under `root`, oldest first: directories holding a manifest, by name
+/// (which starts with a UTC timestamp).
+pub fn published_versions(root: &Path) -> Result<Vec<String>, BundleError> {
+    let rd = std::fs::read_dir(root).map_err(|e| BundleError::io(root, e))?;
+    let mut out: Vec<String> = rd
+        .flatten()
+        .filter(|e| e.path().join(MANIFEST).is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// A name a version may have when a user gives it (a pin, an experiment arm): nothing that
+/// could leave the bundle root.
+pub fn is_version_name(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 200
+        && !v.starts_with('.')
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 /// Resolves a path given by a user to a version directory: either a version directory itself
 /// (it holds `manifest.json`) or a bundle root whose `CURRENT` names one.
 pub fn resolve_version_dir(path: &Path) -> Result<PathBuf, BundleError> {

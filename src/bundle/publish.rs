@@ -180,16 +180,9 @@ fn remove_dead_temp_dirs(root: &Path) {
 /// Deletes the oldest published versions beyond `keep`, never the current one. Versions sort by
 /// name, which starts with a UTC timestamp.
 fn prune(root: &Path, current: &str, keep: usize) {
-    let Ok(rd) = std::fs::read_dir(root) else {
+    let Ok(versions) = super::published_versions(root) else {
         return;
     };
-    let mut versions: Vec<String> = rd
-        .flatten()
-        .filter(|e| e.path().join(MANIFEST).is_file())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    versions.sort();
     if versions.len() <= keep {
         return;
     }

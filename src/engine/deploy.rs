@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use super::{Engine, EngineError};
-use crate::bundle::{Bundle, BundleError, CURRENT, MANIFEST};
+use crate::bundle::{is_version_name, published_versions, Bundle, BundleError, CURRENT, MANIFEST};
 use crate::config::EngineConfig;
 use crate::features::FeatureRegistry;
 
@@ -181,19 +181,6 @@ fn lower_priority() {
     }
 }
 
-/// Versions sort by name (a UTC timestamp first): the published ones under `root`, oldest first.
-pub fn published_versions(root: &Path) -> Result<Vec<String>, BundleError> {
-    let rd = std::fs::read_dir(root).map_err(|e| BundleError::io(root, e))?;
-    let mut out: Vec<String> = rd
-        .flatten()
-        .filter(|e| e.path().join(MANIFEST).is_file())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    out.sort();
-    Ok(out)
-}
-
 /// The published versions with what their manifests say (`funnel versions`, `GET /admin/versions`).
 pub fn describe_versions(root: &Path) -> Result<Vec<PublishedVersion>, BundleError> {
     let current = read_current(root);
@@ -220,14 +207,6 @@ fn read_current(root: &Path) -> Option<String> {
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
-}
-
-fn valid_name(v: &str) -> bool {
-    !v.is_empty()
-        && v.len() <= 200
-        && !v.starts_with('.')
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 impl Deployment {
@@ -296,7 +275,7 @@ impl Deployment {
         let _one = self.changing.lock().await;
         for v in versions {
             if self.loaded(v).is_none() {
-                if !valid_name(v) || !root.join(v).join(MANIFEST).is_file() {
+                if !is_version_name(v) || !root.join(v).join(MANIFEST).is_file() {
                     return Err(DeployError::NotFound(v.clone()));
                 }
                 let old = self.current();
@@ -396,7 +375,7 @@ impl Deployment {
     /// Serves `version` and pins it (`POST /admin/pin`).
     pub async fn pin(&self, version: &str) -> Result<SwitchOutcome, DeployError> {
         let root = self.root.clone().ok_or(DeployError::Fixed)?;
-        if !valid_name(version) || !root.join(version).join(MANIFEST).is_file() {
+        if !is_version_name(version) || !root.join(version).join(MANIFEST).is_file() {
             return Err(DeployError::NotFound(version.to_string()));
         }
         let _one = self.changing.lock().await;
@@ -415,13 +394,7 @@ impl Deployment {
         let old = self.current();
         let previous = old.bundle().manifest.version.clone();
         let t = Instant::now();
-        let kept = self
-            .lock()
-            .loaded
-            .iter()
-            .find(|e| e.bundle().manifest.version == version)
-            .cloned();
-        let result = match kept {
+        let result = match self.loaded(&version) {
             Some(e) => Ok(e),
             None => self.load(root, &version, &old).await,
         };
@@ -550,32 +523,36 @@ impl Deployment {
     /// Polls `CURRENT` every `versions.poll_ms` and refreshes the served version's live
     /// trending blend; stops when the deployment is dropped.
     pub fn spawn_background(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks = Vec::new();
+        let trending = Duration::from_millis(self.cfg.events.trending_refresh_ms.max(1));
+        let mut tasks = vec![self.every(trending, |d| async move {
+            d.current().trending_tick().await;
+        })];
+        if self.root.is_some() && self.cfg.versions.poll_ms > 0 {
+            let poll = Duration::from_millis(self.cfg.versions.poll_ms);
+            // Outcomes are logged and recorded by `switch`.
+            tasks.push(self.every(poll, |d| async move {
+                let _ = d.poll().await;
+            }));
+        }
+        tasks
+    }
+
+    /// Runs `step` every `period` (late ticks delayed, not bunched) until the deployment is
+    /// dropped.
+    fn every<F, Fut>(self: &Arc<Self>, period: Duration, step: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(Arc<Self>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         let weak = Arc::downgrade(self);
-        let every = Duration::from_millis(self.cfg.events.trending_refresh_ms.max(1));
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let Some(d) = weak.upgrade() else { break };
-                d.current().trending_tick().await;
+                step(d).await;
             }
-        }));
-        if self.root.is_some() && self.cfg.versions.poll_ms > 0 {
-            let weak = Arc::downgrade(self);
-            let every = Duration::from_millis(self.cfg.versions.poll_ms);
-            tasks.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    let Some(d) = weak.upgrade() else { break };
-                    // Outcomes are logged and recorded by `switch`.
-                    let _ = d.poll().await;
-                }
-            }));
-        }
-        tasks
+        })
     }
 }

@@ -166,19 +166,16 @@ pub(super) async fn pin(State(s): State<AppState>, req: Request<Body>) -> Respon
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let value: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => return ApiError::malformed(format!("body: {e}")).into_response(),
-    };
-    let req: PinRequest = match serde_json::from_value(value) {
+    let req: PinRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => {
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
             return ApiError::new(
                 ErrorCode::InvalidRequest,
                 format!("expected {{\"version\": \"<published version>\"}}: {e}"),
             )
             .into_response()
         }
+        Err(e) => return ApiError::malformed(format!("body: {e}")).into_response(),
     };
     outcome(s.deploy.pin(&req.version).await)
 }

@@ -101,17 +101,24 @@ fn spawn_redis(port: u16, dir: &std::path::Path, persistent: bool) -> Option<Chi
     } else {
         &["--appendonly", "no"]
     };
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", ""])
+    let child = server_command(port, dir)
         .args(aof)
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("redis-server must be installed");
     ready_or_killed(child, port)
+}
+
+/// `redis-server` on loopback `port`, keeping its files in `dir`, no RDB snapshots, quiet; the
+/// caller adds its own options.
+pub(crate) fn server_command(port: u16, dir: &std::path::Path) -> Command {
+    let mut c = Command::new("redis-server");
+    c.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", ""])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
 }
 
 /// Waits (up to 10 s) until the redis-server just spawned on `port` answers PING; `None`, with

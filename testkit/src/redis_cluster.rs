@@ -207,16 +207,11 @@ fn cluster_port() -> Option<u16> {
 }
 
 fn spawn_node(port: u16, dir: &std::path::Path) -> Option<Child> {
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+    let child = crate::redis::server_command(port, dir)
         .args(["--cluster-enabled", "yes"])
         .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
         .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .args(["--appendonly", "no"])
         .spawn()
         .expect("redis-server must be installed");
     crate::redis::ready_or_killed(child, port)
