@@ -41,7 +41,7 @@ use funnel::merge::{merge, Candidate};
 use funnel::pipeline::item_features::ItemView;
 use funnel::pipeline::query::{query_state, QueryState};
 use funnel::ranking::encode::{encode_rows, RankUser};
-use funnel::ranking::ensemble::segment_for_history;
+use funnel::ranking::ensemble::segment_for;
 use funnel::ranking::input::{DeviceKind, INPUT_DIM};
 use funnel::ranking::registry::{score_with, PlanRequest, Registry};
 use funnel::ranking::{Arch, RankerSpec};
@@ -214,7 +214,7 @@ impl Fixture {
                 q,
                 early,
                 user,
-                segment: segment_for_history(history_len),
+                segment: segment_for(history_len, None),
             });
         }
         let mut fx = Fixture {

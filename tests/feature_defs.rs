@@ -73,12 +73,18 @@ fn repo_defs_parse_with_the_required_features() {
         ("last_active_at", Entity::User, Dtype::Timestamp),
         ("popularity", Entity::Item, Dtype::F32),
         ("trending", Entity::Item, Dtype::F32),
+        ("engagement_7d", Entity::Item, Dtype::F32),
+        ("engagement_28d", Entity::Item, Dtype::F32),
         ("published_at", Entity::Item, Dtype::Timestamp),
         ("categories", Entity::Item, Dtype::StringList),
         ("creator_id", Entity::Item, Dtype::I64),
         ("flagged", Entity::Item, Dtype::Bool),
         ("promoted", Entity::Item, Dtype::Bool),
     ];
+    // The ranker's engagement inputs read these online features by name.
+    for name in funnel::ranking::input::ENGAGEMENT_FEATURES {
+        assert!(expect.iter().any(|(n, ..)| *n == name), "{name}");
+    }
     for (name, entity, dtype) in expect {
         let d = reg.get(name).unwrap_or_else(|| panic!("{name} missing"));
         assert_eq!(

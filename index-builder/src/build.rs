@@ -10,6 +10,7 @@ use funnel::bundle::files::sha256_file;
 use funnel::bundle::publish::new_version_name;
 use funnel::bundle::{BundleWriter, InputEntry};
 use funnel::features::FeatureRegistry;
+use funnel::ranking::input::ENGAGEMENT_FEATURES;
 use funnel::ranking::{load_ranker, Ranker};
 use funnel::table::{Column, Table};
 use serde_json::json;
@@ -487,9 +488,13 @@ fn write_artifacts(
         .with("prior", Column::F32(stage.prior.clone()))
         .write(&w.path(layout::CONTENT_CATEGORY_PRIOR)?)?;
     stage.trend.list().save(&w.path(layout::TRENDING)?)?;
-    Table::new()
+    let mut table = Table::new()
         .with("popularity", Column::F32(stage.trending.popularity.clone()))
-        .with("trending", Column::F32(stage.trending.score.clone()))
+        .with("trending", Column::F32(stage.trending.score.clone()));
+    for (name, rate) in ENGAGEMENT_FEATURES.iter().zip(&stage.trending.engagement) {
+        table = table.with(name, Column::F32(rate.clone()));
+    }
+    table
         .meta("cutoff", stage.cutoff)
         .write(&w.path(layout::POPULARITY)?)?;
     Ok(())

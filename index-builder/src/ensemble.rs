@@ -18,10 +18,7 @@ use funnel::ranking::ensemble::{EnsembleManifest, EstimatorFit, SegmentStats, St
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rayon::prelude::*;
 
-use crate::train::{
-    auc, pearson, ExampleSet, TrainReport, NDCG_K, SEGMENT_COLD, SEGMENT_HEAVY, SEGMENT_LIGHT,
-    SEGMENT_NAMES,
-};
+use crate::train::{auc, pearson, ExampleSet, TrainReport, NDCG_K, SEGMENTS, SEGMENT_NAMES};
 
 /// Up to this many models every subset is scored for the estimator fit; beyond, a sample.
 pub const MAX_EXHAUSTIVE_MODELS: usize = 10;
@@ -74,7 +71,7 @@ pub fn fit_predictions(
     let mut by_group: Vec<u32> = (0..valid.len() as u32).collect();
     by_group.sort_by_key(|&r| valid.group[r as usize]);
     let mut views = vec![View::new(&by_group, None, preds, valid)];
-    for seg in [SEGMENT_COLD, SEGMENT_LIGHT, SEGMENT_HEAVY] {
+    for seg in SEGMENTS {
         let rows: Vec<u32> = by_group
             .iter()
             .copied()
@@ -738,7 +735,7 @@ fn strategy_scores(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::ndcg_at_k;
+    use crate::train::{ndcg_at_k, SEGMENT_HEAVY};
     use funnel::ranking::combine::sigmoid;
     use rand_distr::{Distribution, Normal};
 
@@ -750,7 +747,7 @@ mod tests {
             for _ in 0..per_group {
                 set.y.push(if rng.gen_bool(0.15) { 1.0 } else { 0.0 });
                 set.group.push(g * 7 + 3);
-                set.segment.push((g % 3) as u8);
+                set.segment.push(SEGMENTS[g as usize % SEGMENTS.len()]);
             }
         }
         set
@@ -811,11 +808,11 @@ mod tests {
         assert_no_nan(&m);
         assert_eq!(m.models, models);
 
-        assert_eq!(m.segments.len(), 4);
+        assert_eq!(m.segments.len(), 1 + SEGMENTS.len());
         assert_eq!(m.segments[0].segment, None);
         assert_eq!(m.segments[0].name, "all");
         assert_eq!(m.segments[0].examples, valid.len());
-        for (s, seg) in m.segments[1..].iter().zip([0u8, 1, 2]) {
+        for (s, seg) in m.segments[1..].iter().zip(SEGMENTS) {
             assert_eq!(s.segment, Some(seg));
             assert_eq!(s.name, SEGMENT_NAMES[seg as usize]);
         }
@@ -852,9 +849,9 @@ mod tests {
         }
         assert!(m.strategies.iter().all(|s| s.auc.is_some()));
 
-        // One subset per segment; with diversity paying off, λ is positive.
+        // One subset per view (all, then each segment); with diversity paying off, λ is positive.
         let est = m.estimator.as_ref().unwrap();
-        assert_eq!(est.subsets, 4);
+        assert_eq!(est.subsets, 1 + SEGMENTS.len());
         assert!(m.lambda > 0.0, "{}", m.lambda);
         assert!(est.mae <= est.mae_without_diversity + 1e-12, "{est:?}");
 
@@ -878,7 +875,7 @@ mod tests {
         assert_eq!(m.lambda, 0.0);
         assert!(m.estimator.is_none());
         assert!(m.stackers.is_empty());
-        assert_eq!(m.segments.len(), 4);
+        assert_eq!(m.segments.len(), 1 + SEGMENTS.len());
         assert!(m.segments.iter().all(|s| s.quality.len() == 1));
         // Every strategy reduces to the model itself (the stacker is monotone in it).
         let q = m.segments[0].quality[0].unwrap();
@@ -899,8 +896,11 @@ mod tests {
         ];
         let m = fit_predictions(&models, &preds, &valid).unwrap();
         assert_no_nan(&m);
-        // 4 subsets of size ≥ 2, on 4 segments.
-        assert_eq!(m.estimator.as_ref().unwrap().subsets, 16);
+        // 4 subsets of size ≥ 2, on every view (all, then each segment).
+        assert_eq!(
+            m.estimator.as_ref().unwrap().subsets,
+            4 * (1 + SEGMENTS.len())
+        );
         assert_eq!(m.stackers.len(), 4);
         for s in &m.stackers {
             let mut sorted = s.models.clone();

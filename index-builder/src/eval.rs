@@ -185,7 +185,8 @@ pub fn evaluate(
     }
 }
 
-fn mean(v: &[f64]) -> f64 {
+/// Mean of `v`; 0 when empty.
+pub(crate) fn mean(v: &[f64]) -> f64 {
     if v.is_empty() {
         return 0.0;
     }

@@ -14,7 +14,7 @@ use funnel::UserIdx;
 use crate::config::BuildConfig;
 use crate::dataset::{Dataset, Event};
 use crate::stage::Stage;
-use crate::train::{segment_for_history, ExampleSet};
+use crate::train::{segment_of_row, ExampleSet};
 
 pub struct Examples {
     pub train: ExampleSet,
@@ -118,7 +118,8 @@ pub fn build(
             }
             let mut set = empty();
             early.encode(ds, u, asked_at[u as usize], &cands, &mut set.x);
-            let seg = segment_for_history(early.hist.len(u) as u32);
+            // As the server will segment this request: history and the gap before it.
+            let seg = set.x.get(..INPUT_DIM).map_or(0, segment_of_row);
             for c in &cands {
                 set.y.push(if pos.contains(&c.item) { 1.0 } else { 0.0 });
                 set.group.push(u);

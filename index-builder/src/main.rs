@@ -95,6 +95,10 @@ enum Cmd {
         /// Server config to evaluate (defaults: the server's built-in defaults).
         #[arg(long)]
         serve_config: Option<PathBuf>,
+        /// Also serve every pair of rankers as a fixed ensemble (mean, rank_avg, weighted): the
+        /// most a two-member ensemble could add over its best member on this holdout.
+        #[arg(long)]
+        pairs: bool,
     },
     /// Synthesize a small dataset and build a demo bundle from it (with a holdout), in DIR.
     Demo {
@@ -216,6 +220,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             offline_only,
             max_users,
             serve_config,
+            pairs,
         } => {
             let dir = funnel::bundle::resolve_version_dir(&bundle)?;
             let path = dir.join(layout::EVAL);
@@ -237,7 +242,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     None => funnel::config::EngineConfig::default(),
                 };
                 let served =
-                    index_builder::served::evaluate_served(&dir, &registry, cfg, max_users)
+                    index_builder::served::evaluate_served(&dir, &registry, cfg, max_users, pairs)
                         .map_err(anyhow::Error::msg)?;
                 print!("\n{}", served.table());
             }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use funnel::features::{Entity, FeatureError, FeatureRegistry, FeatureTable, FeatureValue};
+use funnel::ranking::input::ENGAGEMENT_FEATURES;
 
 use crate::batch::BatchRecs;
 use crate::dataset::Dataset;
@@ -97,6 +98,9 @@ pub fn build(
             "trending",
             FeatureValue::F32(stage.trending.score[idx]),
         )?;
+        for (name, rate) in ENGAGEMENT_FEATURES.iter().zip(&stage.trending.engagement) {
+            t.insert(Entity::Item, id, name, FeatureValue::F32(rate[idx]))?;
+        }
         t.insert(
             Entity::Item,
             id,

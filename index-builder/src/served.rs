@@ -18,10 +18,11 @@ use funnel::engine::Engine;
 use funnel::features::online::UserFeatures;
 use funnel::features::{Entity, FeatureRegistry};
 use funnel::ranking::combine::Strategy;
+use funnel::ranking::select::SelectionMode;
 use funnel::table::Table;
 use funnel::ItemIdx;
 
-use crate::eval::{bootstrap_ci95, metrics};
+use crate::eval::{bootstrap_ci95, mean, metrics};
 use funnel::ranking::ensemble::LIGHT_MAX_HISTORY;
 
 #[derive(Debug, Clone, Serialize)]
@@ -31,6 +32,9 @@ pub struct ServedRow {
     pub ndcg_at_20: f64,
     /// 95 % bootstrap interval of `ndcg_at_20` over users.
     pub ndcg_ci95: [f64; 2],
+    /// NDCG@20 over the users the training part does not know (cold) and over the others.
+    pub ndcg_cold: f64,
+    pub ndcg_known: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,13 +55,19 @@ pub struct ServedReport {
 impl ServedReport {
     pub fn table(&self) -> String {
         let mut s = format!(
-            "Served funnel — holdout {}, {} users ({} cold); engine time p50 {:.2} ms, p99 {:.2} ms; {:.2} rankers per request ({:.2} for heavy users)\n{:<40} {:>10} {:>10} {:>17}\n",
-            self.holdout, self.users, self.cold_users, self.p50_ms, self.p99_ms, self.mean_models, self.mean_models_heavy, "list", "Recall@20", "NDCG@20", "NDCG@20 95% CI"
+            "Served funnel — holdout {}, {} users ({} cold); engine time p50 {:.2} ms, p99 {:.2} ms; {:.2} rankers per request ({:.2} for heavy users)\n{:<40} {:>10} {:>10} {:>17} {:>9} {:>9}\n",
+            self.holdout, self.users, self.cold_users, self.p50_ms, self.p99_ms, self.mean_models, self.mean_models_heavy, "list", "Recall@20", "NDCG@20", "NDCG@20 95% CI", "cold", "known"
         );
         for r in &self.rows {
             s.push_str(&format!(
-                "{:<40} {:>10.4} {:>10.4}  [{:.4}, {:.4}]\n",
-                r.name, r.recall_at_20, r.ndcg_at_20, r.ndcg_ci95[0], r.ndcg_ci95[1]
+                "{:<40} {:>10.4} {:>10.4}  [{:.4}, {:.4}] {:>9.4} {:>9.4}\n",
+                r.name,
+                r.recall_at_20,
+                r.ndcg_at_20,
+                r.ndcg_ci95[0],
+                r.ndcg_ci95[1],
+                r.ndcg_cold,
+                r.ndcg_known
             ));
         }
         s
@@ -65,12 +75,14 @@ impl ServedReport {
 }
 
 /// Runs the served evaluation over at most `max_users` holdout users (deterministic subsample).
-/// `cfg` is the serving config to evaluate; its clock is forced to the bundle's cutoff.
+/// `cfg` is the serving config to evaluate; its clock is forced to the bundle's cutoff. With
+/// `pairs`, every pair of rankers is also served as a fixed two-member ensemble.
 pub fn evaluate_served(
     bundle_dir: &Path,
     registry: &FeatureRegistry,
     mut cfg: EngineConfig,
     max_users: usize,
+    pairs: bool,
 ) -> Result<ServedReport, String> {
     let b = Bundle::open(bundle_dir, registry).map_err(|e| e.to_string())?;
     let hpath = b.dir.join(layout::HOLDOUT);
@@ -125,15 +137,26 @@ pub fn evaluate_served(
             })
             .unwrap_or_default()
     };
+    // Mean NDCG over the cold users and over the known ones.
+    let split_means = |ndcg: &[f64], is_cold: &[bool]| -> (f64, f64) {
+        let mean_of = |cold: bool| {
+            let v: Vec<f64> = ndcg
+                .iter()
+                .zip(is_cold)
+                .filter(|(_, &c)| c == cold)
+                .map(|(n, _)| *n)
+                .collect();
+            mean(&v)
+        };
+        (mean_of(true), mean_of(false))
+    };
     // Baselines first (they need the bundle, which the engine takes over).
     let mut pop_sum = [0.0f64; 3];
     let mut pop_ndcg = Vec::with_capacity(users.len());
-    let mut cold_users = 0;
+    let mut is_cold = Vec::with_capacity(users.len());
     for &u in &users {
         let seen = seen_of(u);
-        if seen.is_empty() {
-            cold_users += 1;
-        }
+        is_cold.push(seen.is_empty());
         let list: Vec<ItemIdx> = by_pop
             .iter()
             .copied()
@@ -144,6 +167,7 @@ pub fn evaluate_served(
         (0..3).for_each(|k| pop_sum[k] += m[k]);
         pop_ndcg.push(m[1]);
     }
+    let cold_users = is_cold.iter().filter(|&&c| c).count();
     cfg.features.clock = Clock::Bundle;
     // Offline evaluation ingests nothing.
     cfg.events.enabled = false;
@@ -177,6 +201,23 @@ pub fn evaluate_served(
         .map(|m| m.rankers.iter().map(|r| r.id.clone()).collect())
         .unwrap_or_default();
     ids.sort();
+    if pairs {
+        for a in 0..ids.len() {
+            for b in a + 1..ids.len() {
+                for st in [Strategy::Mean, Strategy::RankAvg, Strategy::Weighted] {
+                    variants.push((
+                        format!("  pair {} + {} {st}", ids[a], ids[b]),
+                        RankingOverride {
+                            models: Some(vec![ids[a].clone(), ids[b].clone()]),
+                            max_models: Some(2),
+                            strategy: Some(st),
+                            selection: Some(SelectionMode::All),
+                        },
+                    ));
+                }
+            }
+        }
+    }
     for id in ids {
         variants.push((
             format!("  ranker {id} alone"),
@@ -236,11 +277,14 @@ pub fn evaluate_served(
             ndcg.push(m[1]);
         }
         let n = users.len().max(1) as f64;
+        let (ndcg_cold, ndcg_known) = split_means(&ndcg, &is_cold);
         rows.push(ServedRow {
             name,
             recall_at_20: sum[0] / n,
             ndcg_at_20: sum[1] / n,
             ndcg_ci95: bootstrap_ci95(&ndcg, 0xC1),
+            ndcg_cold,
+            ndcg_known,
         });
     }
     times.sort_by(f64::total_cmp);
@@ -251,11 +295,14 @@ pub fn evaluate_served(
             .unwrap_or(0.0)
     };
     let n = users.len().max(1) as f64;
+    let (ndcg_cold, ndcg_known) = split_means(&pop_ndcg, &is_cold);
     rows.push(ServedRow {
         name: "baseline:popularity (same seen set)".into(),
         recall_at_20: pop_sum[0] / n,
         ndcg_at_20: pop_sum[1] / n,
         ndcg_ci95: bootstrap_ci95(&pop_ndcg, 0xC1),
+        ndcg_cold,
+        ndcg_known,
     });
     Ok(ServedReport {
         holdout,

@@ -214,6 +214,7 @@ impl Stage {
             dim: self.emb.dim,
             popularity: &tr.popularity,
             trending: &tr.score,
+            engagement: tr.engagement.each_ref().map(Vec::as_slice),
         }
     }
 

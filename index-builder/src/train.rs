@@ -17,7 +17,7 @@ use funnel::ranking::input::{
 };
 use funnel::ranking::models::{self, NetConfig};
 use funnel::ranking::{
-    standardize_row_into, Arch, CandleRanker, RankError, Ranker, RankerMetrics, RankerSpec,
+    standardize_pinned_into, Arch, CandleRanker, RankError, Ranker, RankerMetrics, RankerSpec,
     RankersManifest, SegmentMetrics, RANKERS_DIR,
 };
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
@@ -25,13 +25,14 @@ use rayon::prelude::*;
 
 /// Cutoff of the ranking metric reported for every model.
 pub const NDCG_K: usize = 20;
-/// User segments by history length, shared with serving (the selector picks per segment).
+/// User segments, shared with serving (the selector picks per segment).
 pub use funnel::ranking::ensemble::{
-    segment_for_history, LIGHT_MAX_HISTORY, SEGMENT_COLD, SEGMENT_HEAVY, SEGMENT_LIGHT,
-    SEGMENT_NAMES,
+    segment_for, segment_for_history, LIGHT_MAX_HISTORY, RETURNING_AFTER_DAYS, SEGMENTS,
+    SEGMENT_COLD, SEGMENT_HEAVY, SEGMENT_LIGHT, SEGMENT_NAMES, SEGMENT_RETURNING,
 };
-/// Architectures trained listwise by default.
-pub const DEFAULT_LISTWISE: [Arch; 3] = [Arch::Dcn, Arch::Fm, Arch::Seq];
+/// Architectures trained listwise by default: all of them (validation NDCG@20 on ML-100K rose
+/// from 0.339/0.347 to 0.350/0.359 for logistic/MLP against their pointwise loss).
+pub const DEFAULT_LISTWISE: [Arch; 5] = Arch::ALL;
 /// Rows per forward pass when scoring the validation set (bounds peak memory).
 const SCORE_CHUNK: usize = 8192;
 /// Training rows the skew reference is computed from (an even stride beyond that): enough for
@@ -114,7 +115,8 @@ impl ExampleSet {
         input::push_row(&mut self.x, user, item, cand);
         self.y.push(if label { 1.0 } else { 0.0 });
         self.group.push(group);
-        self.segment.push(segment_for_history(user.history_len));
+        self.segment
+            .push(segment_for(user.history_len, user.gap_days));
     }
 
     /// Checks lengths, labels and finiteness.
@@ -267,7 +269,7 @@ pub fn train_all(
         });
     }
 
-    let (mean, std) = feature_stats(&train.x);
+    let stats = feature_stats(&train.x);
     let rankers_dir = out_dir.join(RANKERS_DIR);
     std::fs::create_dir_all(&rankers_dir).map_err(|source| TrainError::Io {
         path: rankers_dir.clone(),
@@ -283,9 +285,8 @@ pub fn train_all(
             .iter()
             .enumerate()
             .map(|(m, &arch)| {
-                let (mean, std) = (&mean, &std);
-                scope
-                    .spawn(move || train_one(arch, m as u64, train, valid, mean, std, cfg, out_dir))
+                let stats = &stats;
+                scope.spawn(move || train_one(arch, m as u64, train, valid, stats, cfg, out_dir))
             })
             .collect();
         handles
@@ -325,9 +326,17 @@ pub fn train_all(
     Ok(report)
 }
 
-/// Per-column mean and (population) standard deviation of row-major `x`; constant columns get
-/// std 1 so standardisation never divides by zero.
-fn feature_stats(x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+/// Per-column standardisation of the training rows.
+struct ColumnStats {
+    mean: Vec<f32>,
+    /// Population standard deviation; 1 for a constant column, so nothing divides by zero.
+    std: Vec<f32>,
+    /// The constant columns: serving pins them to their training value.
+    constant: Vec<u32>,
+}
+
+/// Per-column mean and (population) standard deviation of row-major `x`.
+fn feature_stats(x: &[f32]) -> ColumnStats {
     let n = (x.len() / INPUT_DIM).max(1) as f64;
     // Chunked f64 sums merged in chunk order: deterministic regardless of thread scheduling.
     // Two passes (mean, then squared deviations) avoid E[x²]−E[x]² cancellation.
@@ -354,18 +363,18 @@ fn feature_stats(x: &[f32]) -> (Vec<f32>, Vec<f32>) {
         .map(|s| s / n)
         .collect();
     let var = column_sums(&|j, v| (v as f64 - mean[j]).powi(2));
-    let std = var
-        .into_iter()
-        .map(|ss| {
-            let sd = (ss / n).sqrt() as f32;
-            if sd.is_finite() && sd > 1e-6 {
-                sd
-            } else {
-                1.0
-            }
-        })
-        .collect();
-    (mean.into_iter().map(|m| m as f32).collect(), std)
+    let sd: Vec<f32> = var.into_iter().map(|ss| (ss / n).sqrt() as f32).collect();
+    let varies = |s: f32| s.is_finite() && s > 1e-6;
+    ColumnStats {
+        mean: mean.into_iter().map(|m| m as f32).collect(),
+        std: sd
+            .iter()
+            .map(|&s| if varies(s) { s } else { 1.0 })
+            .collect(),
+        constant: (0..INPUT_DIM as u32)
+            .filter(|&j| !varies(sd[j as usize]))
+            .collect(),
+    }
 }
 
 /// Contiguous row ranges of each group (the example builder writes each user's rows together).
@@ -479,8 +488,23 @@ fn bce_with_logits(z: &Tensor, y: &Tensor, w: &Tensor, w_sum: f64) -> candle_cor
     (per_row * w)?.sum_all()? / w_sum.max(f64::MIN_POSITIVE)
 }
 
-/// Users back after at least this many days count as returning (their own stratum below).
-pub const RETURNING_AFTER_DAYS: f32 = 7.0;
+/// What an encoded row says of its user: (history segment, back after at least
+/// [`RETURNING_AFTER_DAYS`]). The row holds ln(1 + history length) and ln(1 + gap days).
+pub fn row_strata(row: &[f32]) -> (u8, bool) {
+    let history = row[input::col::LOG_HISTORY].exp_m1().round().max(0.0) as u32;
+    let returning = row[input::col::GAP_KNOWN] > 0.5
+        && row[input::col::LOG_GAP_DAYS] >= RETURNING_AFTER_DAYS.ln_1p();
+    (segment_for_history(history), returning)
+}
+
+/// The selection segment ([`segment_for`]) of the user of an encoded row.
+pub fn segment_of_row(row: &[f32]) -> u8 {
+    match row_strata(row) {
+        (SEGMENT_COLD, _) => SEGMENT_COLD,
+        (_, true) => SEGMENT_RETURNING,
+        (s, false) => s,
+    }
+}
 
 /// Per-row training weights that give every stratum of users — segment (cold, light, heavy) ×
 /// continuing / returning after [`RETURNING_AFTER_DAYS`] — the same total weight, counted in lists
@@ -490,12 +514,9 @@ pub const RETURNING_AFTER_DAYS: f32 = 7.0;
 /// weight is `lists / (strata present × lists in its stratum)`: mean weight over lists is 1.
 pub fn segment_balance(set: &ExampleSet) -> Vec<f32> {
     let ranges = group_ranges(&set.group);
-    let returning_log_gap = RETURNING_AFTER_DAYS.ln_1p();
     let stratum = |a: usize| -> usize {
-        let row = &set.x[a * INPUT_DIM..(a + 1) * INPUT_DIM];
-        let returning =
-            row[input::col::GAP_KNOWN] > 0.5 && row[input::col::LOG_GAP_DAYS] >= returning_log_gap;
-        set.segment[a] as usize * 2 + usize::from(returning)
+        let (segment, returning) = row_strata(&set.x[a * INPUT_DIM..(a + 1) * INPUT_DIM]);
+        segment as usize * 2 + usize::from(returning)
     };
     let mut lists = vec![0usize; 512];
     for &(a, _) in &ranges {
@@ -517,11 +538,11 @@ fn train_one(
     model_no: u64,
     train: &ExampleSet,
     valid: &ExampleSet,
-    mean: &[f32],
-    std: &[f32],
+    stats: &ColumnStats,
     cfg: &TrainConfig,
     out_dir: &Path,
 ) -> Result<(RankerSpec, Vec<f32>), TrainError> {
+    let (mean, std) = (&stats.mean[..], &stats.std[..]);
     let started = Instant::now();
     let id = format!("{arch}-v{}", cfg.version);
     let candle_err = |source| TrainError::Candle {
@@ -591,7 +612,7 @@ fn train_one(
                 let i = i as usize;
                 let row = &train.x[i * INPUT_DIM..(i + 1) * INPUT_DIM];
                 // The served ranker's own scaling code.
-                standardize_row_into(row, mean, std, &mut xbuf);
+                standardize_pinned_into(row, mean, std, &stats.constant, &mut xbuf);
                 ybuf.push(train.y[i]);
                 wbuf.push(row_weight[i]);
                 if k > 0 && train.group[i] != train.group[batch[k - 1] as usize] {
@@ -636,7 +657,7 @@ fn train_one(
         last_epoch_loss = Some(loss_sum / loss_n.max(1) as f64);
         tracing::debug!(%id, epoch, loss = ?last_epoch_loss, "epoch done");
         if cfg.early_stopping && !valid.is_empty() {
-            let z = valid_logits(net.as_ref(), valid, mean, std).map_err(candle_err)?;
+            let z = valid_logits(net.as_ref(), valid, stats).map_err(candle_err)?;
             let ndcg = ndcg_at_k(&z, &valid.y, &valid.group, NDCG_K);
             if ndcg.is_finite() && best.as_ref().is_none_or(|b| ndcg > b.0) {
                 let copies = vars
@@ -670,6 +691,7 @@ fn train_one(
         cross_rank: net_cfg.cross_rank,
         feature_mean: mean.to_vec(),
         feature_std: std.to_vec(),
+        constant_columns: stats.constant.clone(),
         weights_file,
         metrics: RankerMetrics::default(),
     };
@@ -711,15 +733,14 @@ fn train_one(
 fn valid_logits(
     net: &(dyn candle_core::Module + Send + Sync),
     valid: &ExampleSet,
-    mean: &[f32],
-    std: &[f32],
+    stats: &ColumnStats,
 ) -> candle_core::Result<Vec<f32>> {
     let mut out = Vec::with_capacity(valid.len());
     let mut buf = Vec::with_capacity(SCORE_CHUNK * INPUT_DIM);
     for chunk in valid.x.chunks(SCORE_CHUNK * INPUT_DIM) {
         buf.clear();
         for row in chunk.chunks_exact(INPUT_DIM) {
-            standardize_row_into(row, mean, std, &mut buf);
+            standardize_pinned_into(row, &stats.mean, &stats.std, &stats.constant, &mut buf);
         }
         let n = chunk.len() / INPUT_DIM;
         let xs = Tensor::from_slice(&buf, (n, INPUT_DIM), &Device::Cpu)?;
@@ -742,7 +763,7 @@ fn finite(v: f64) -> Option<f64> {
 }
 
 fn segment_metrics(preds: &[f32], valid: &ExampleSet) -> Vec<SegmentMetrics> {
-    let mut segments: BTreeSet<u8> = [SEGMENT_COLD, SEGMENT_LIGHT, SEGMENT_HEAVY].into();
+    let mut segments: BTreeSet<u8> = SEGMENTS.into();
     segments.extend(valid.segment.iter().copied());
     segments
         .into_iter()
@@ -859,11 +880,14 @@ mod tests {
             x[r * INPUT_DIM] = r as f32;
             x[r * INPUT_DIM + 1] = 7.0;
         }
-        let (m, s) = feature_stats(&x);
+        let st = feature_stats(&x);
+        let (m, s) = (&st.mean, &st.std);
         assert!((m[0] - 1.0).abs() < 1e-6);
         assert!((s[0] - (2.0f32 / 3.0).sqrt()).abs() < 1e-6);
         assert_eq!((m[1], s[1]), (7.0, 1.0));
         assert_eq!(s[5], 1.0);
+        // Every column but the first is constant.
+        assert_eq!(st.constant, (1..INPUT_DIM as u32).collect::<Vec<_>>());
     }
 
     #[test]
@@ -934,18 +958,20 @@ mod tests {
 
     #[test]
     fn segment_balance_gives_each_segment_the_same_weight() {
-        // Users 1, 2 heavy (3 rows each), user 3 cold (2 rows).
-        let set = ExampleSet {
+        // Users 1, 2 heavy (3 rows each, 50 interactions), user 3 cold (2 rows).
+        let mut set = ExampleSet {
             x: vec![0.0; 8 * INPUT_DIM],
             y: vec![1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0],
             group: vec![1, 1, 1, 2, 2, 2, 3, 3],
             segment: vec![2, 2, 2, 2, 2, 2, 0, 0],
         };
+        for r in 0..6 {
+            set.x[r * INPUT_DIM + input::col::LOG_HISTORY] = 50f32.ln_1p();
+        }
         let w = segment_balance(&set);
         // 3 lists, 2 segments: heavy lists 3/(2·2) = 0.75, the cold list 3/(2·1) = 1.5.
         assert_eq!(w, vec![0.75, 0.75, 0.75, 0.75, 0.75, 0.75, 1.5, 1.5]);
         // User 2 came back after 30 days: three strata of one list each, weight 1.
-        let mut set = set;
         for r in 3..6 {
             set.x[r * INPUT_DIM + input::col::LOG_GAP_DAYS] = 30f32.ln_1p();
             set.x[r * INPUT_DIM + input::col::GAP_KNOWN] = 1.0;
@@ -962,5 +988,29 @@ mod tests {
         assert_eq!(segment_for_history(0), SEGMENT_COLD);
         assert_eq!(segment_for_history(LIGHT_MAX_HISTORY), SEGMENT_LIGHT);
         assert_eq!(segment_for_history(LIGHT_MAX_HISTORY + 1), SEGMENT_HEAVY);
+        // Known users back after a week are their own segment; cold stays cold.
+        assert_eq!(
+            segment_for(3, Some(RETURNING_AFTER_DAYS)),
+            SEGMENT_RETURNING
+        );
+        assert_eq!(segment_for(300, Some(30.0)), SEGMENT_RETURNING);
+        assert_eq!(segment_for(300, Some(0.5)), SEGMENT_HEAVY);
+        assert_eq!(segment_for(3, None), SEGMENT_LIGHT);
+        assert_eq!(segment_for(0, Some(30.0)), SEGMENT_COLD);
+        // The builder reads the same segment back from an encoded row.
+        for (h, gap) in [
+            (0u32, None),
+            (3, Some(2.0f32)),
+            (300, None),
+            (300, Some(30.0)),
+        ] {
+            let mut row = vec![0.0f32; INPUT_DIM];
+            row[input::col::LOG_HISTORY] = (h as f32).ln_1p();
+            if let Some(g) = gap {
+                row[input::col::LOG_GAP_DAYS] = g.ln_1p();
+                row[input::col::GAP_KNOWN] = 1.0;
+            }
+            assert_eq!(segment_of_row(&row), segment_for(h, gap), "{h} {gap:?}");
+        }
     }
 }

@@ -8,6 +8,7 @@ use funnel::sources::trending::TrendingList;
 use funnel::sources::ScoredItem;
 
 use crate::dataset::Event;
+use funnel::ranking::input::ENGAGEMENT_HALF_LIVES_DAYS;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -48,6 +49,9 @@ pub struct Trending {
     pub score: Vec<f32>,
     /// Per item: total interaction weight (popularity).
     pub popularity: Vec<f32>,
+    /// Per [`ENGAGEMENT_HALF_LIVES_DAYS`] horizon and item: interaction weight per day, decayed
+    /// with that half-life (flagged items included: they are filtered, not unpopular).
+    pub engagement: [Vec<f32>; ENGAGEMENT_HALF_LIVES_DAYS.len()],
     pub list: TrendingList,
 }
 
@@ -57,8 +61,15 @@ pub fn build(catalog: &Catalog, events: &[Event], cutoff: i64, cfg: &TrendingCon
     let mut popularity = vec![0f32; n];
     let half = cfg.half_life_hours.max(0.01) * 3600.0;
     let horizon = half * 10.0;
+    let halves = ENGAGEMENT_HALF_LIVES_DAYS.map(|d| d as f64 * 86_400.0);
+    let mut engaged: [Vec<f64>; ENGAGEMENT_HALF_LIVES_DAYS.len()] =
+        std::array::from_fn(|_| vec![0f64; n]);
     for e in events {
         popularity[e.item as usize] += e.weight;
+        let age = (cutoff - e.ts).max(0) as f64;
+        for (h, acc) in halves.iter().zip(&mut engaged) {
+            acc[e.item as usize] += e.weight as f64 * (-(age / h) * std::f64::consts::LN_2).exp();
+        }
         let age = (cutoff - e.ts) as f64;
         if (0.0..horizon).contains(&age) {
             velocity[e.item as usize] +=
@@ -90,9 +101,55 @@ pub fn build(catalog: &Catalog, events: &[Event], cutoff: i64, cfg: &TrendingCon
         .collect();
     items.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.item.cmp(&b.item)));
     items.truncate(cfg.keep);
+    // Per day, like trending, so the scale does not depend on the half-life.
+    let engagement = std::array::from_fn(|k| {
+        let days = halves[k] / 86_400.0;
+        engaged[k].iter().map(|&v| (v / days) as f32).collect()
+    });
     Trending {
         score,
         popularity,
+        engagement,
         list: TrendingList::new(items),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use funnel::catalog::Item;
+
+    #[test]
+    fn engagement_is_a_decayed_rate_per_day_for_each_horizon() {
+        let item = |id| Item {
+            id,
+            title: String::new(),
+            categories: vec![0],
+            creator_id: 0,
+            published_at: 0,
+            flagged: false,
+            promoted: false,
+        };
+        let catalog = Catalog::new(vec![item(1), item(2)], vec!["a".into()]);
+        let day = 86_400;
+        let cutoff = 100 * day;
+        let ev = |item, ago: i64, weight| Event {
+            user: 0,
+            item,
+            ts: cutoff - ago * day,
+            weight,
+        };
+        // Item 0: weight 2 now and weight 1 a week ago; item 1: weight 4 four weeks ago.
+        let events = [ev(1, 28, 4.0), ev(0, 7, 1.0), ev(0, 0, 2.0)];
+        let t = build(&catalog, &events, cutoff, &TrendingConfig::default());
+        let [week, month] = &t.engagement;
+        let close = |a: f32, b: f32| (a - b).abs() < 1e-5;
+        assert!(close(week[0], (2.0 + 0.5) / 7.0), "{}", week[0]);
+        assert!(close(month[0], (2.0 + 0.5f32.powf(0.25)) / 28.0));
+        assert!(close(week[1], 4.0 * 0.0625 / 7.0));
+        assert!(close(month[1], 2.0 / 28.0));
+        // The month horizon remembers item 1 better than the week does.
+        assert!(month[1] / month[0] > week[1] / week[0]);
+        assert_eq!(t.popularity, vec![3.0, 4.0]);
     }
 }

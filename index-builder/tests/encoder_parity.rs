@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 
 use funnel::bundle::Bundle;
-use funnel::features::online::UserFeatures;
+use funnel::features::online::{ItemOverride, UserFeatures};
 use funnel::features::{Entity, FeatureRegistry};
 use funnel::pipeline::query::query_state;
 use funnel::ranking::encode::{encode_rows, RankUser};
-use funnel::ranking::input::{DeviceKind, INPUT_DIM};
+use funnel::ranking::input::{col, DeviceKind, INPUT_DIM};
 use funnel::rerank::filters::ItemFilter;
 use index_builder::build::{run, BuildArgs};
 use index_builder::config::BuildConfig;
@@ -64,7 +64,7 @@ fn builder_and_server_encode_identical_rows() {
     );
     let store = bundle.features.as_ref().expect("embedded features");
 
-    let mut compared = 0;
+    let (mut compared, mut engaged) = (0, 0);
     for u in (0..ds.n_users() as u32).step_by(7) {
         let cands = stage.retrieve(&ds, u).merged;
         if cands.is_empty() {
@@ -118,7 +118,34 @@ fn builder_and_server_encode_identical_rows() {
             );
         }
         assert_eq!(trained.len(), served.len());
+        // The same through the online item features the server reads from Redis (overrides of
+        // the bundle's arrays): what the builder pushes is what it trained on.
+        let overrides: HashMap<_, _> = cands
+            .iter()
+            .filter_map(|c| {
+                let id = bundle.catalog.get(c.item)?.id;
+                Some((c.item, ItemOverride::from_row(store.get(Entity::Item, id)?)))
+            })
+            .collect();
+        assert_eq!(overrides.len(), cands.len());
+        let mut online = Vec::new();
+        encode_rows(&bundle.item_table(), &user, &cands, &overrides, &mut online);
+        assert!(
+            online
+                .iter()
+                .zip(&served)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "user {u}: the online item features encode differently"
+        );
+        engaged += trained
+            .chunks(INPUT_DIM)
+            .filter(|r| r[col::LOG_ENGAGEMENT] > 0.0 && r[col::LOG_ENGAGEMENT + 1] > 0.0)
+            .count();
         compared += cands.len();
     }
     assert!(compared > 1000, "only {compared} rows compared");
+    assert!(
+        engaged > compared / 2,
+        "engagement inputs mostly empty: {engaged}/{compared}"
+    );
 }

@@ -8,7 +8,7 @@ use funnel::ranking::input::{CandidateSignals, DeviceKind, ItemSignals, UserSign
 use funnel::ranking::Arch;
 use funnel::ranking::{load_rankers, RankersManifest};
 use index_builder::ensemble;
-use index_builder::train::{auc, train_all, ExampleSet, TrainConfig, TrainReport};
+use index_builder::train::{auc, train_all, ExampleSet, TrainConfig, TrainReport, SEGMENTS};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 const N_CATEGORIES: usize = 12;
@@ -125,6 +125,7 @@ fn examples(
                 trending: rng.gen_range(0.0f32..5.0),
                 age_days: w.item_age[i],
                 promoted: i % 17 == 0,
+                engagement: [0.0; 2],
             };
             let cand = CandidateSignals {
                 source_scores: [ann, cf, 0.0, 0.0],
@@ -158,7 +159,7 @@ fn check_report(report: &TrainReport, valid: &ExampleSet, dir: &std::path::Path)
             "{}",
             spec.weights_file
         );
-        assert_eq!(report.segment_metrics[k].len(), 3);
+        assert_eq!(report.segment_metrics[k].len(), SEGMENTS.len());
         assert_eq!(
             report.segment_metrics[k]
                 .iter()
@@ -398,6 +399,7 @@ fn next_follows_last(rng: &mut StdRng, users: usize) -> ExampleSet {
                 trending: 0.0,
                 age_days: 10.0,
                 promoted: false,
+                engagement: [0.0; 2],
             };
             let cand = CandidateSignals {
                 source_scores: [0.5, 0.5, 0.0, 0.0],

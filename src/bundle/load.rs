@@ -11,6 +11,7 @@ use super::{resolve_version_dir, BundleError, Manifest, MANIFEST};
 use crate::catalog::Catalog;
 use crate::features::streaming::StreamDefs;
 use crate::features::{EmbeddedStore, FeatureRegistry};
+use crate::ranking::input::ENGAGEMENT_FEATURES;
 use crate::ranking::{load_rankers, Ranker, RankersManifest};
 use crate::sources::ann::hnsw::FrozenHnsw;
 use crate::sources::cf::CfNeighbors;
@@ -32,6 +33,9 @@ pub struct Bundle {
     /// Per item: total interaction weight and trending score as of the build's cutoff.
     pub popularity: Vec<f32>,
     pub trending_score: Vec<f32>,
+    /// Per item and [`ENGAGEMENT_FEATURES`] horizon: decayed engagement per day (empty in a
+    /// bundle from before these columns: encoded as none).
+    pub engagement: [Vec<f32>; ENGAGEMENT_FEATURES.len()],
     pub category_prior: Vec<f32>,
     pub ann: Option<Arc<FrozenHnsw>>,
     pub cf: Option<CfNeighbors>,
@@ -84,7 +88,20 @@ impl Bundle {
         let trending_score = pop
             .take_f32("trending")
             .map_err(|m| BundleError::format(&ppath, m))?;
-        if popularity.len() != catalog.len() || trending_score.len() != catalog.len() {
+        let mut engagement: [Vec<f32>; ENGAGEMENT_FEATURES.len()] = Default::default();
+        for (name, dst) in ENGAGEMENT_FEATURES.iter().zip(&mut engagement) {
+            if pop.columns.iter().any(|(n, _)| n == name) {
+                *dst = pop
+                    .take_f32(name)
+                    .map_err(|m| BundleError::format(&ppath, m))?;
+            }
+        }
+        if popularity.len() != catalog.len()
+            || trending_score.len() != catalog.len()
+            || engagement
+                .iter()
+                .any(|e| !e.is_empty() && e.len() != catalog.len())
+        {
             return Err(BundleError::format(
                 &ppath,
                 "one row per catalog item expected",
@@ -150,6 +167,7 @@ impl Bundle {
             dim,
             popularity,
             trending_score,
+            engagement,
             category_prior,
             ann,
             cf,
@@ -190,6 +208,7 @@ impl Bundle {
                 info: Default::default(),
             },
             trending_score: vec![0.0; catalog.len()],
+            engagement: Default::default(),
             catalog,
             user_ids: Vec::new(),
             user_index: HashMap::new(),
@@ -218,6 +237,7 @@ impl Bundle {
             dim: self.dim,
             popularity: &self.popularity,
             trending: &self.trending_score,
+            engagement: self.engagement.each_ref().map(Vec::as_slice),
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::streaming::{StreamUser, RECENT_FEATURE, SEEN_FEATURE};
 use super::{Entity, FeatureError, FeatureRow, RedisFeatureStore};
+use crate::ranking::input::ENGAGEMENT_FEATURES;
 
 /// Whether a stored user embedding is one to serve: all-zero (never trained) or non-finite
 /// vectors count as none. The builder encodes its training rows by the same rule.
@@ -96,6 +97,8 @@ pub struct ItemOverride {
     pub popularity: Option<f32>,
     pub trending: Option<f32>,
     pub published_at: Option<i64>,
+    /// Per [`ENGAGEMENT_FEATURES`]: the item's decayed engagement rate.
+    pub engagement: [Option<f32>; ENGAGEMENT_FEATURES.len()],
 }
 
 impl ItemOverride {
@@ -106,6 +109,7 @@ impl ItemOverride {
             popularity: row.get("popularity").and_then(|v| v.as_f32()),
             trending: row.get("trending").and_then(|v| v.as_f32()),
             published_at: row.get("published_at").and_then(|v| v.as_i64()),
+            engagement: ENGAGEMENT_FEATURES.map(|n| row.get(n).and_then(|v| v.as_f32())),
         }
     }
 }

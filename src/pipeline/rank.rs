@@ -19,7 +19,7 @@ use crate::observe::skew::SkewMonitor;
 use crate::ranking::combine::{combine, Strategy};
 use crate::ranking::controller::LatencyController;
 use crate::ranking::encode::{encode_rows, RankUser};
-use crate::ranking::ensemble::segment_for_history;
+use crate::ranking::ensemble::segment_for;
 use crate::ranking::input::INPUT_DIM;
 use crate::ranking::registry::{score_with, EnsemblePlan, PlanRequest, Registry};
 
@@ -108,7 +108,7 @@ impl RankStage {
         let encode_ms = rank.encode_cost.predict_ms(cands.len());
         let plan = rank.plan(&PlanRequest {
             candidates: cands.len(),
-            segment: segment_for_history(user.history_len),
+            segment: segment_for(user.history_len, user.gap_days()),
             budget_ms: ((slice_ms - encode_ms) * factor).max(0.0),
             workers: self.workers,
             max_models: over.max_models.map_or(rc.max_models, |n| n as usize),

@@ -9,8 +9,8 @@ use crate::catalog::Catalog;
 use crate::features::online::{ItemOverride, UserFeatures};
 use crate::merge::Candidate;
 use crate::ranking::input::{
-    push_row, CandidateSignals, DeviceKind, ItemSignals, RecentItem, UserSignals, INPUT_DIM,
-    SEQ_LEN,
+    push_row, CandidateSignals, DeviceKind, ItemSignals, RecentItem, UserSignals,
+    ENGAGEMENT_HALF_LIVES_DAYS, INPUT_DIM, SEQ_LEN,
 };
 use crate::ItemIdx;
 
@@ -28,6 +28,9 @@ pub struct ItemTable<'a> {
     /// Total interaction weight as of the cutoff.
     pub popularity: &'a [f32],
     pub trending: &'a [f32],
+    /// Per [`ENGAGEMENT_HALF_LIVES_DAYS`]: each item's decayed engagement per day (empty =
+    /// unknown, encoded as none).
+    pub engagement: [&'a [f32]; ENGAGEMENT_HALF_LIVES_DAYS.len()],
 }
 
 impl<'a> ItemTable<'a> {
@@ -57,6 +60,12 @@ pub struct RankUser {
 }
 
 impl RankUser {
+    /// Days since the user last interacted, as of `now` (None = unknown).
+    pub fn gap_days(&self) -> Option<f32> {
+        self.last_active
+            .map(|t| (self.now - t).max(0) as f32 / 86_400.0)
+    }
+
     /// The user as the server knows them: their online features (None = unknown user).
     pub fn from_features(
         catalog: &Catalog,
@@ -135,9 +144,7 @@ pub fn encode_rows(
         device: user.device,
         has_session: user.has_session,
         recent: &recent,
-        gap_days: user
-            .last_active
-            .map(|t| (user.now - t).max(0) as f32 / 86_400.0),
+        gap_days: user.gap_days(),
     };
     rows.reserve(cands.len() * INPUT_DIM);
     for c in cands {
@@ -160,6 +167,10 @@ pub fn encode_rows(
                 .unwrap_or_else(|| items.trending.get(at).copied().unwrap_or(0.0)),
             age_days: ((user.now - published) as f32 / 86_400.0).max(0.0),
             promoted: o.promoted.unwrap_or(item.promoted),
+            engagement: std::array::from_fn(|k| {
+                o.engagement[k]
+                    .unwrap_or_else(|| items.engagement[k].get(at).copied().unwrap_or(0.0))
+            }),
         };
         let cs = CandidateSignals {
             source_scores: c.source_scores,
@@ -215,6 +226,7 @@ mod tests {
                 dim: 0,
                 popularity: &[pop],
                 trending: &[0.0],
+                engagement: [&[], &[]],
             };
             let mut rows = Vec::new();
             encode_rows(

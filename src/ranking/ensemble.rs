@@ -7,20 +7,42 @@ use serde::{Deserialize, Serialize};
 
 use super::combine::{Stacker, Strategy};
 
-/// User segments by history length at request (or example) time.
+/// User segments at request (or example) time: by history length, and known users back after
+/// a long gap apart (they want what is new, not what follows their history, so other members
+/// serve them best).
 pub const SEGMENT_COLD: u8 = 0;
 pub const SEGMENT_LIGHT: u8 = 1;
 pub const SEGMENT_HEAVY: u8 = 2;
-pub const SEGMENT_NAMES: [&str; 3] = ["cold", "light", "heavy"];
+pub const SEGMENT_RETURNING: u8 = 3;
+pub const SEGMENT_NAMES: [&str; 4] = ["cold", "light", "heavy", "returning"];
+/// Every segment, in index order.
+pub const SEGMENTS: [u8; 4] = [
+    SEGMENT_COLD,
+    SEGMENT_LIGHT,
+    SEGMENT_HEAVY,
+    SEGMENT_RETURNING,
+];
 /// Users with at most this many past interactions (and at least one) are "light".
 pub const LIGHT_MAX_HISTORY: u32 = 20;
+/// Known users back after at least this many days are "returning".
+pub const RETURNING_AFTER_DAYS: f32 = 7.0;
 
-/// Segment of a user with `history_len` past interactions: 0 cold, 1 light, 2 heavy.
+/// Segment by history length alone: 0 cold, 1 light, 2 heavy.
 pub fn segment_for_history(history_len: u32) -> u8 {
     match history_len {
         0 => SEGMENT_COLD,
         h if h <= LIGHT_MAX_HISTORY => SEGMENT_LIGHT,
         _ => SEGMENT_HEAVY,
+    }
+}
+
+/// Segment of a user with `history_len` past interactions, `gap_days` since the last one (None =
+/// unknown): cold, returning (known, back after [`RETURNING_AFTER_DAYS`]), else light or heavy.
+pub fn segment_for(history_len: u32, gap_days: Option<f32>) -> u8 {
+    match segment_for_history(history_len) {
+        SEGMENT_COLD => SEGMENT_COLD,
+        _ if gap_days.is_some_and(|g| g >= RETURNING_AFTER_DAYS) => SEGMENT_RETURNING,
+        s => s,
     }
 }
 

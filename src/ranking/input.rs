@@ -37,6 +37,7 @@
 //! | 116       | share of the recent items sharing a category with the candidate            |
 //! | 117       | ln(1 + days since the user's last interaction) (0 when unknown)            |
 //! | 118       | last interaction known flag                                                |
+//! | 119, 120  | ln(1 + engagement per day), decayed over a week and over four weeks        |
 //!
 //! Every emitted value is finite: non-finite inputs are treated as 0 so one bad signal cannot turn
 //! a whole batch's scores into NaN.
@@ -52,11 +53,21 @@ pub const EMB_DIM: usize = 64;
 pub const N_SOURCES: usize = crate::sources::N_SOURCES;
 
 /// Number of floats in one ranker input row.
-pub const INPUT_DIM: usize = col::GAP_KNOWN + 1;
+pub const INPUT_DIM: usize = col::LOG_ENGAGEMENT + ENGAGEMENT_HALF_LIVES_DAYS.len();
 
 /// Version of the layout above; bump on any change so stale models are rejected at load time.
 /// 2: per-source ranks, the recent-item sequence block and the time since the last interaction.
-pub const INPUT_LAYOUT_VERSION: u32 = 2;
+/// 3: engagement over a week and over four weeks.
+pub const INPUT_LAYOUT_VERSION: u32 = 3;
+
+/// Half-lives, in days, of the item engagement inputs: popularity over a week and over a month,
+/// beside the trending feature (days) and all-time popularity. Which horizon predicts best
+/// differs by catalogue and by user (a new user wants what is popular this month; trending
+/// favours the last days), so the rankers get them all and learn the mix.
+pub const ENGAGEMENT_HALF_LIVES_DAYS: [f32; 2] = [7.0, 28.0];
+
+/// The online item features (`feature-defs/item.toml`) holding those engagement rates.
+pub const ENGAGEMENT_FEATURES: [&str; 2] = ["engagement_7d", "engagement_28d"];
 
 /// How many of the user's most recent items (most recent first) the sequence block describes.
 pub const SEQ_LEN: usize = 10;
@@ -103,6 +114,8 @@ pub mod col {
     /// something else (what is new) than one in the middle of a session (what follows).
     pub const LOG_GAP_DAYS: usize = SEQ_CAT_SHARE + 1;
     pub const GAP_KNOWN: usize = LOG_GAP_DAYS + 1;
+    /// First of the engagement columns, one per [`super::ENGAGEMENT_HALF_LIVES_DAYS`].
+    pub const LOG_ENGAGEMENT: usize = GAP_KNOWN + 1;
 }
 
 /// Device the request came from.
@@ -200,6 +213,8 @@ pub struct ItemSignals<'a> {
     /// now - published_at in days, clamped >= 0.
     pub age_days: f32,
     pub promoted: bool,
+    /// Decayed interaction weight per day, one per [`ENGAGEMENT_HALF_LIVES_DAYS`], >= 0.
+    pub engagement: [f32; ENGAGEMENT_HALF_LIVES_DAYS.len()],
 }
 
 /// What the retrieval/merge stages said about a candidate.
@@ -259,6 +274,11 @@ pub fn feature_names() -> Vec<String> {
     ] {
         names.push(n.to_string());
     }
+    names.extend(
+        ENGAGEMENT_HALF_LIVES_DAYS
+            .iter()
+            .map(|d| format!("log_engagement_{d}d")),
+    );
     names
 }
 
@@ -391,6 +411,9 @@ fn encode_exact(user: &UserSignals, item: &ItemSignals, cand: &CandidateSignals,
         out[col::LOG_GAP_DAYS] = fin(g).max(0.0).ln_1p();
         out[col::GAP_KNOWN] = 1.0;
     }
+    for (k, &e) in item.engagement.iter().enumerate() {
+        out[col::LOG_ENGAGEMENT + k] = fin(e).max(0.0).ln_1p();
+    }
 }
 
 /// The sequence block: how the candidate relates to each of the user's last `SEQ_LEN` items.
@@ -438,6 +461,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The engagement rate that encodes as exactly 1: e − 1.
+    fn e1m() -> f32 {
+        std::f32::consts::E - 1.0
+    }
+
     fn emb(seed: f32) -> Vec<f32> {
         (0..EMB_DIM)
             .map(|k| ((k as f32 + seed) * 0.37).sin())
@@ -446,9 +474,13 @@ mod tests {
 
     #[test]
     fn layout_is_consistent() {
-        assert_eq!(INPUT_DIM, 119);
+        assert_eq!(INPUT_DIM, 121);
         assert_eq!(feature_names().len(), INPUT_DIM);
-        assert_eq!(col::GAP_KNOWN, INPUT_DIM - 1);
+        assert_eq!(col::LOG_ENGAGEMENT, INPUT_DIM - 2);
+        assert_eq!(feature_names()[INPUT_DIM - 1], "log_engagement_28d");
+        for (d, name) in ENGAGEMENT_HALF_LIVES_DAYS.iter().zip(ENGAGEMENT_FEATURES) {
+            assert_eq!(name, format!("engagement_{d}d"));
+        }
     }
 
     #[test]
@@ -482,6 +514,7 @@ mod tests {
             trending: 3.0,
             age_days: 30.0,
             promoted: true,
+            engagement: [e1m(), -2.0],
         };
         let cand = CandidateSignals {
             source_scores: [0.9, 0.0, 0.4, 0.0],
@@ -522,7 +555,12 @@ mod tests {
         assert_eq!(row[col::SOURCE_RANKS + 1], 0.0);
         assert_eq!(row[col::SOURCE_RANKS + 2], 0.5);
         // No recent items: the sequence block is empty.
-        assert!(row[col::SEQ_SIM..].iter().all(|&v| v == 0.0));
+        assert!(row[col::SEQ_SIM..col::LOG_ENGAGEMENT]
+            .iter()
+            .all(|&v| v == 0.0));
+        assert!((row[col::LOG_ENGAGEMENT] - 1.0).abs() < 1e-6);
+        // A negative rate is read as none.
+        assert_eq!(row[col::LOG_ENGAGEMENT + 1], 0.0);
     }
 
     #[test]
@@ -551,6 +589,7 @@ mod tests {
             trending: 0.0,
             age_days: 0.0,
             promoted: false,
+            engagement: [0.0; 2],
         };
         let mut row = vec![0.0; INPUT_DIM];
         encode_row(&user, &item, &CandidateSignals::default(), &mut row);
@@ -587,6 +626,7 @@ mod tests {
             trending: 0.0,
             age_days: 0.0,
             promoted: false,
+            engagement: [0.0; 2],
         };
         let cand = CandidateSignals::default();
         let mut row = vec![0.0; INPUT_DIM];
@@ -622,6 +662,7 @@ mod tests {
             hist in any::<u32>(),
             dev in 0usize..4,
             pop in any_f32(), trend in any_f32(), age in any_f32(),
+            engagement in prop::array::uniform2(any_f32()),
             scores in prop::array::uniform4(any_f32()),
             ranks in prop::array::uniform4(prop_oneof![Just(0u32), any::<u32>()]),
             recent in prop::collection::vec(
@@ -637,7 +678,7 @@ mod tests {
             let device = [DeviceKind::Unknown, DeviceKind::Mobile, DeviceKind::Desktop, DeviceKind::Tv][dev];
             let recent: Vec<RecentItem> = recent.iter().map(|(e, c)| RecentItem::new(e, c)).collect();
             let user = UserSignals { embedding: u.as_deref(), category_prefs: &prefs, history_len: hist, device, has_session: flags.0, recent: &recent, gap_days: Some(gap).filter(|_| flags.0) };
-            let item = ItemSignals { embedding: &i, categories: &cats, log_popularity: pop, trending: trend, age_days: age, promoted: flags.1 };
+            let item = ItemSignals { embedding: &i, categories: &cats, log_popularity: pop, trending: trend, age_days: age, promoted: flags.1, engagement };
             let cand = CandidateSignals { source_scores: scores, source_mask: mask, source_ranks: ranks, merged_score: merged };
             let mut out = vec![f32::NAN; out_len];
             encode_row(&user, &item, &cand, &mut out);
@@ -672,6 +713,12 @@ mod tests {
             prop_assert!((0.0..=1.0).contains(&full[col::SEQ_CAT_SHARE]));
             prop_assert!(full[col::LOG_GAP_DAYS] >= 0.0);
             prop_assert_eq!(full[col::GAP_KNOWN], f32::from(flags.0));
+            for (k, &e) in engagement.iter().enumerate() {
+                let v = full[col::LOG_ENGAGEMENT + k];
+                // Negative or non-finite engagement → exactly 0, else ln(1 + e) (monotone).
+                let want = if e.is_finite() && e > 0.0 { e.ln_1p() } else { 0.0 };
+                prop_assert_eq!(v, want);
+            }
         }
     }
 }

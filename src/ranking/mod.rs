@@ -175,6 +175,11 @@ pub struct RankerSpec {
     /// serving scales features exactly as training did.
     pub feature_mean: Vec<f32>,
     pub feature_std: Vec<f32>,
+    /// Columns that never varied in training (the logs carry no device, say). The model learned
+    /// nothing from them, so serving scores them as their training value: a request's device
+    /// must not reach weights that were never trained.
+    #[serde(default)]
+    pub constant_columns: Vec<u32>,
     /// Safetensors file, relative to the bundle directory (e.g. `rankers/mlp-v1.safetensors`).
     pub weights_file: String,
     #[serde(default)]
@@ -224,6 +229,13 @@ impl RankerSpec {
         }
         if self.feature_std.iter().any(|s| !s.is_finite() || *s <= 0.0) {
             return bad("feature_std must be finite and > 0".into());
+        }
+        if let Some(c) = self
+            .constant_columns
+            .iter()
+            .find(|&&c| c as usize >= self.input_dim)
+        {
+            return bad(format!("constant column {c} is outside the row"));
         }
         if self.hidden.contains(&0) {
             return bad("zero-width hidden layer".into());
@@ -296,6 +308,24 @@ impl RankersManifest {
 #[inline]
 pub fn standardize_row_into(row: &[f32], mean: &[f32], std: &[f32], out: &mut Vec<f32>) {
     out.extend(row.iter().zip(mean).zip(std).map(|((x, m), s)| (x - m) / s));
+}
+
+/// [`standardize_row_into`], then the columns constant in training set to what training saw
+/// there (exactly 0 once standardised), whatever the row holds.
+pub fn standardize_pinned_into(
+    row: &[f32],
+    mean: &[f32],
+    std: &[f32],
+    constant: &[u32],
+    out: &mut Vec<f32>,
+) {
+    let start = out.len();
+    standardize_row_into(row, mean, std, out);
+    for &c in constant {
+        if let Some(v) = out.get_mut(start + c as usize) {
+            *v = 0.0;
+        }
+    }
 }
 
 /// Logistic function, stable for logits of any magnitude.
@@ -375,7 +405,13 @@ impl Ranker for CandleRanker {
             if let Some(col) = row.iter().position(|v| !v.is_finite()) {
                 return Err(RankError::NonFiniteInput { row: r, col });
             }
-            standardize_row_into(row, &self.spec.feature_mean, &self.spec.feature_std, &mut x);
+            standardize_pinned_into(
+                row,
+                &self.spec.feature_mean,
+                &self.spec.feature_std,
+                &self.spec.constant_columns,
+                &mut x,
+            );
         }
         let logits = self.logits(x, n).map_err(|source| RankError::Model {
             id: self.spec.id.clone(),
@@ -451,6 +487,7 @@ mod tests {
             cross_rank: cfg.cross_rank,
             feature_mean: vec![0.5; INPUT_DIM],
             feature_std: vec![2.0; INPUT_DIM],
+            constant_columns: Vec::new(),
             weights_file: weights_file.to_string(),
             metrics: RankerMetrics::default(),
         }
@@ -472,6 +509,33 @@ mod tests {
         (0..n * INPUT_DIM)
             .map(|k| ((k as f32) * 0.013).sin())
             .collect()
+    }
+
+    #[test]
+    fn columns_constant_in_training_do_not_move_the_score() {
+        let device = input::col::DEVICE as u32;
+        for arch in Arch::ALL {
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+            let mut s = spec(arch, "rankers/x.safetensors");
+            s.constant_columns = (device..device + 4).collect();
+            let pinned = CandleRanker::from_varbuilder(s.clone(), vb.clone()).unwrap();
+            s.constant_columns.clear();
+            let free = CandleRanker::from_varbuilder(s, vb).unwrap();
+            models::init_seeded(&varmap, 7).unwrap();
+            let mut x = rows(2);
+            // Row 0 as training saw it (the column at its mean); row 1 from a mobile client.
+            x[device as usize..device as usize + 4].fill(0.5);
+            x.copy_within(..INPUT_DIM, INPUT_DIM);
+            x[INPUT_DIM + device as usize + 1] = 1.0;
+            let p = pinned.score(&x, 2).unwrap();
+            assert_eq!(p[0].to_bits(), p[1].to_bits(), "{arch}");
+            // Unpinned, the untrained weights of the device columns would move it (the
+            // sequence model's view has no device column).
+            let f = free.score(&x, 2).unwrap();
+            assert_eq!(f[0].to_bits(), p[0].to_bits(), "{arch}");
+            assert_eq!(f[1] != f[0], arch != Arch::Seq, "{arch}");
+        }
     }
 
     #[test]

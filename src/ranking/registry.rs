@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::combine::Stacker;
 use super::cost::CostModel;
-use super::ensemble::{segment_name, EnsembleManifest};
+use super::ensemble::{segment_name, EnsembleManifest, SEGMENTS};
 use super::input::INPUT_DIM;
 use super::select::{self, ModelOption, Problem, SkipReason};
 use super::{Arch, RankError, Ranker, RankerMetrics, RankersManifest};
@@ -178,7 +178,8 @@ impl Registry {
             })?),
         };
         let ensemble = manifest.and_then(|m| m.ensemble.clone());
-        let tables = (0..4)
+        // All users, then each segment.
+        let tables = (0..=SEGMENTS.len())
             .map(|t| table(&entries, manifest, ensemble.as_ref(), t))
             .collect();
         let lambda = ensemble

@@ -26,6 +26,8 @@ pub fn context_view() -> Vec<u32> {
         col::LOG_TRENDING,
         col::FRESHNESS,
         col::CAT_AFFINITY,
+        col::LOG_ENGAGEMENT,
+        col::LOG_ENGAGEMENT + 1,
     ]
     .map(|c| c as u32)
     .to_vec()
@@ -47,8 +49,14 @@ pub struct Seq {
 
 impl Seq {
     pub fn new(cfg: &NetConfig, vb: VarBuilder) -> candle_core::Result<Self> {
-        if col::SEQ_CAT_SHARE >= cfg.input_dim {
-            candle_core::bail!("seq needs {} input columns", col::SEQ_CAT_SHARE + 1);
+        let need = context_view()
+            .into_iter()
+            .map(|c| c as usize + 1)
+            .chain([col::SEQ_MASK + SEQ_LEN])
+            .max()
+            .unwrap_or(0);
+        if need > cfg.input_dim {
+            candle_core::bail!("seq needs {need} input columns");
         }
         let att = cfg.hidden.first().copied().unwrap_or(DEFAULT_HIDDEN[0]);
         let head = cfg.hidden.get(1).copied().unwrap_or(DEFAULT_HIDDEN[1]);
