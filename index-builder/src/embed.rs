@@ -368,7 +368,7 @@ fn solve_side(x: &mut [f32], y: &[f32], r: &Csr, d: usize, cfg: &AlsConfig) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -403,7 +403,8 @@ mod tests {
         }
     }
 
-    fn item(id: u64, categories: Vec<u32>, creator_id: u64) -> funnel::catalog::Item {
+    /// A catalog item with just these fields set (shared by the builder's unit tests).
+    pub(crate) fn item(id: u64, categories: Vec<u32>, creator_id: u64) -> funnel::catalog::Item {
         funnel::catalog::Item {
             id,
             title: String::new(),

@@ -27,8 +27,8 @@ use rayon::prelude::*;
 pub const NDCG_K: usize = 20;
 /// User segments, shared with serving (the selector picks per segment).
 pub use funnel::ranking::ensemble::{
-    segment_for, segment_for_history, LIGHT_MAX_HISTORY, RETURNING_AFTER_DAYS, SEGMENTS,
-    SEGMENT_COLD, SEGMENT_HEAVY, SEGMENT_LIGHT, SEGMENT_NAMES, SEGMENT_RETURNING,
+    segment_for, segment_for_history, segment_of, LIGHT_MAX_HISTORY, RETURNING_AFTER_DAYS,
+    SEGMENTS, SEGMENT_COLD, SEGMENT_HEAVY, SEGMENT_LIGHT, SEGMENT_NAMES, SEGMENT_RETURNING,
 };
 /// Architectures trained listwise by default: all of them (validation NDCG@20 on ML-100K rose
 /// from 0.339/0.347 to 0.350/0.359 for logistic/MLP against their pointwise loss).
@@ -499,11 +499,8 @@ pub fn row_strata(row: &[f32]) -> (u8, bool) {
 
 /// The selection segment ([`segment_for`]) of the user of an encoded row.
 pub fn segment_of_row(row: &[f32]) -> u8 {
-    match row_strata(row) {
-        (SEGMENT_COLD, _) => SEGMENT_COLD,
-        (_, true) => SEGMENT_RETURNING,
-        (s, false) => s,
-    }
+    let (history, returning) = row_strata(row);
+    segment_of(history, returning)
 }
 
 /// Per-row training weights that give every stratum of users — segment (cold, light, heavy) ×

@@ -117,20 +117,14 @@ pub fn build(catalog: &Catalog, events: &[Event], cutoff: i64, cfg: &TrendingCon
 #[cfg(test)]
 mod tests {
     use super::*;
-    use funnel::catalog::Item;
+    use crate::embed::tests::item;
 
     #[test]
     fn engagement_is_a_decayed_rate_per_day_for_each_horizon() {
-        let item = |id| Item {
-            id,
-            title: String::new(),
-            categories: vec![0],
-            creator_id: 0,
-            published_at: 0,
-            flagged: false,
-            promoted: false,
-        };
-        let catalog = Catalog::new(vec![item(1), item(2)], vec!["a".into()]);
+        let catalog = Catalog::new(
+            vec![item(1, vec![0], 0), item(2, vec![0], 0)],
+            vec!["a".into()],
+        );
         let day = 86_400;
         let cutoff = 100 * day;
         let ev = |item, ago: i64, weight| Event {

@@ -39,9 +39,18 @@ pub fn segment_for_history(history_len: u32) -> u8 {
 /// Segment of a user with `history_len` past interactions, `gap_days` since the last one (None =
 /// unknown): cold, returning (known, back after [`RETURNING_AFTER_DAYS`]), else light or heavy.
 pub fn segment_for(history_len: u32, gap_days: Option<f32>) -> u8 {
-    match segment_for_history(history_len) {
+    segment_of(
+        segment_for_history(history_len),
+        gap_days.is_some_and(|g| g >= RETURNING_AFTER_DAYS),
+    )
+}
+
+/// The segment of a user in history segment `history` who is (or is not) back after
+/// [`RETURNING_AFTER_DAYS`]: a cold user stays cold.
+pub fn segment_of(history: u8, returning: bool) -> u8 {
+    match history {
         SEGMENT_COLD => SEGMENT_COLD,
-        _ if gap_days.is_some_and(|g| g >= RETURNING_AFTER_DAYS) => SEGMENT_RETURNING,
+        _ if returning => SEGMENT_RETURNING,
         s => s,
     }
 }

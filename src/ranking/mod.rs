@@ -303,10 +303,10 @@ impl RankersManifest {
     }
 }
 
-/// Appends `row` standardised as `(x - mean) / std` to `out`. The one implementation of the
-/// scaling, used by serving ([`CandleRanker::score`]) and by the builder's training batches.
+/// Appends `row` standardised as `(x - mean) / std` to `out` (through
+/// [`standardize_pinned_into`], the one scaling serving and the builder use).
 #[inline]
-pub fn standardize_row_into(row: &[f32], mean: &[f32], std: &[f32], out: &mut Vec<f32>) {
+fn standardize_row_into(row: &[f32], mean: &[f32], std: &[f32], out: &mut Vec<f32>) {
     out.extend(row.iter().zip(mean).zip(std).map(|((x, m), s)| (x - m) / s));
 }
 
